@@ -1,0 +1,26 @@
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/onnx-net2net inspect models/torch_cnn_bn.onnx
+	$(BIN)/onnx-net2net widen models/torch_cnn_bn.onnx -o build/cnn_wide.onnx conv2=x2 fc1=x1.5 --force
+	$(BIN)/onnx-net2net verify models/torch_cnn_bn.onnx build/cnn_wide.onnx
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python tools/bench_widen.py
+
+clean:
+	rm -rf $(VENV) build

@@ -1,0 +1,94 @@
+"""The library API: inspect, widen, verify; each takes a path or an onnx.ModelProto."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from . import graph as G
+from . import widen as W
+from .errors import VerificationError
+from .groups import Analysis, analyze
+from .io import LoadedModel, load_model
+from .verify import Report, compare
+
+Source = "str | os.PathLike[str] | onnx.ModelProto"
+
+
+@dataclass
+class Inspection:
+    """What `inspect` reports: the model's width groups and whether each can grow."""
+
+    model: str
+    parameters: int
+    groups: list[dict]
+
+    def to_json(self) -> dict:
+        return {"schema": 1, "model": self.model, "parameters": self.parameters, "groups": self.groups}
+
+
+@dataclass
+class WidenResult:
+    model: onnx.ModelProto
+    widened: list[dict]
+    parameters_before: int
+    parameters_after: int
+    report: Report | None = None
+    blocked: list[dict] = field(default_factory=list)
+
+
+def _prepare(source: str | os.PathLike[str] | onnx.ModelProto) -> tuple[LoadedModel, gs.Graph, Analysis]:
+    loaded = load_model(source)
+    graph = G.import_model(loaded.model)
+    return loaded, graph, analyze(graph)
+
+
+def parameter_count(graph: gs.Graph) -> int:
+    return int(sum(int(np.prod(t.shape)) for t in graph.tensors().values() if isinstance(t, gs.Constant)))
+
+
+def _group_json(group) -> dict:
+    return {"id": group.id, "width": group.width, "widenable": group.widenable, "reason": group.reason,
+            "producers": [G.label(n) for n in group.producers], "weights": group.weights,
+            "consumers": [G.label(n) for n in group.consumers]}
+
+
+def inspect(source: str | os.PathLike[str] | onnx.ModelProto) -> Inspection:
+    """Width groups of a model: width, members, and why a group cannot widen."""
+    loaded, graph, analysis = _prepare(source)
+    name = str(loaded.path) if loaded.path else (loaded.model.graph.name or "<ModelProto>")
+    return Inspection(name, parameter_count(graph), [_group_json(g) for g in analysis.groups])
+
+
+def widen_model(source: str | os.PathLike[str] | onnx.ModelProto, targets: dict[str, int | float | str],
+                seed: int = 0, noise: float = 0.0, verify: bool = True, **verify_options) -> WidenResult:
+    """Widen the named layers; verify against the original unless told not to."""
+    loaded, graph, analysis = _prepare(source)
+    before = parameter_count(graph)
+    widenings = W.resolve(analysis, targets)
+    W.apply(graph, analysis, widenings, seed=seed, noise=noise)
+    model = G.export_model(graph, loaded.model)
+    result = WidenResult(model, [{"group": w.group.id, "targets": w.targets, "old": w.old, "new": w.new}
+                                 for w in widenings], before, parameter_count(graph))
+    if verify:
+        result.report = compare(loaded.model, model, **verify_options)
+        if not result.report.passed and noise == 0.0:
+            raise VerificationError("the widened model does not reproduce the original's outputs", result.report)
+    return result
+
+
+def widen(source: str | os.PathLike[str] | onnx.ModelProto, targets: dict[str, int | float | str],
+          seed: int = 0, noise: float = 0.0, verify: bool = True, **verify_options) -> onnx.ModelProto:
+    """Net2Wider: `targets` maps a layer (node, weight or module name, group id) to a width:
+    an int is absolute, a float or 'x1.5' a factor. Returns the widened ModelProto."""
+    return widen_model(source, targets, seed, noise, verify, **verify_options).model
+
+
+def verify(original: str | os.PathLike[str] | onnx.ModelProto, rewritten: str | os.PathLike[str] | onnx.ModelProto,
+           **options) -> Report:
+    """Compare two models' outputs in onnxruntime on the same seeded (or given) inputs."""
+    return compare(load_model(original).model, load_model(rewritten).model, **options)

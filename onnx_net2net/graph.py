@@ -1,0 +1,245 @@
+"""A thin adapter over onnx-graphsurgeon: import with folded weights, constant lookup, shapes, export."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+from onnx import helper, numpy_helper
+from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter
+
+gs.logger.G_LOGGER.severity = gs.logger.G_LOGGER.ERROR
+logging.getLogger("onnx_graphsurgeon").setLevel(logging.ERROR)
+
+_DEFAULT_DOMAINS = ("", "ai.onnx")
+_NOT_FOLDABLE = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike",
+                 "Multinomial", "Bernoulli"}
+# Initializers up to this many elements are kept as values in the shape-inference skeleton,
+# so that data propagation sees shape constants; larger ones are declared by type only.
+_SKELETON_VALUE_LIMIT = 64
+
+
+def import_model(model: onnx.ModelProto) -> gs.Graph:
+    """Import into onnx-graphsurgeon, fold constant subgraphs into weights, and infer shapes."""
+    graph = gs.import_onnx(model)
+    fold_constants(graph)
+    infer_shapes(graph)
+    return graph
+
+
+def is_default_domain(node: gs.Node) -> bool:
+    return node.domain in _DEFAULT_DOMAINS or node.domain is None
+
+
+def opset(graph: gs.Graph) -> int:
+    return int(graph.opset)
+
+
+def constant(tensor: gs.Tensor) -> np.ndarray | None:
+    """The value of a constant tensor, or None for a runtime tensor."""
+    if isinstance(tensor, gs.Constant):
+        return np.asarray(tensor.values)
+    return None
+
+
+def is_constant(tensor: gs.Tensor) -> bool:
+    return isinstance(tensor, gs.Constant)
+
+
+def is_empty(tensor: gs.Tensor) -> bool:
+    """An omitted optional input."""
+    return isinstance(tensor, gs.Variable) and tensor.name == ""
+
+
+def shape(tensor: gs.Tensor) -> list[int | str | None] | None:
+    """Known dims (int), symbolic dims (str) or unknown dims (None); None when the rank is unknown."""
+    if tensor.shape is None:
+        return None
+    return [d if isinstance(d, (int, np.integer)) and d >= 0 else (d if isinstance(d, str) and d else None)
+            for d in tensor.shape]
+
+
+def rank(tensor: gs.Tensor) -> int | None:
+    dims = shape(tensor)
+    return None if dims is None else len(dims)
+
+
+def dim(tensor: gs.Tensor, axis: int) -> int | str | None:
+    dims = shape(tensor)
+    if dims is None or not -len(dims) <= axis < len(dims):
+        return None
+    return dims[axis]
+
+
+def label(node: gs.Node) -> str:
+    """How users see a node: its name, or its op and first output when it has none."""
+    if node.name:
+        return node.name
+    first = node.outputs[0].name if node.outputs else "?"
+    return f"{node.op}->{first}"
+
+
+def attr(node: gs.Node, name: str, default=None):
+    return node.attrs.get(name, default)
+
+
+def subgraph_inputs(node: gs.Node) -> list[str]:
+    """Names an If/Loop/Scan body reads from the enclosing graph (implicit inputs)."""
+    names: list[str] = []
+    for value in node.attrs.values():
+        bodies = value if isinstance(value, list) else [value]
+        for body in bodies:
+            if isinstance(body, gs.Graph):
+                local = {t.name for t in body.inputs}
+                for inner in body.nodes:
+                    local.update(t.name for t in inner.outputs)
+                for tensor in body.tensors().values():
+                    if tensor.name and tensor.name not in local and not isinstance(tensor, gs.Constant):
+                        names.append(tensor.name)
+                for inner in body.nodes:
+                    names.extend(subgraph_inputs(inner))
+    return names
+
+
+def has_subgraph(node: gs.Node) -> bool:
+    return any(isinstance(v, gs.Graph) or (isinstance(v, list) and any(isinstance(x, gs.Graph) for x in v))
+               for v in node.attrs.values())
+
+
+def fold_constants(graph: gs.Graph) -> int:
+    """Turn Constant nodes and subgraphs computed only from constants into initializers.
+
+    Exporters and the zoo copies give weights as Constant or ConstantOfShape outputs; the rules
+    need them as values. Evaluated with onnx's reference implementation at the model's opset.
+    """
+    folded = 0
+    for node in list(graph.nodes):
+        if not is_default_domain(node) or node.op in _NOT_FOLDABLE or has_subgraph(node):
+            continue
+        if node.op != "Constant" and not all(isinstance(t, gs.Constant) or is_empty(t) for t in node.inputs):
+            continue
+        if node.op != "Constant" and not node.inputs:
+            continue
+        if any(t in graph.outputs for t in node.outputs):
+            continue
+        values = _evaluate(node, opset(graph))
+        for out, value in zip(node.outputs, values):
+            out.to_constant(np.asarray(value))
+        node.outputs.clear()
+        node.inputs.clear()
+        folded += 1
+    if folded:
+        graph.cleanup(remove_unused_graph_inputs=False).toposort()
+    return folded
+
+
+def _evaluate(node: gs.Node, version: int) -> list[np.ndarray]:
+    if node.op == "ConstantOfShape":
+        dims = [int(d) for d in np.asarray(node.inputs[0].values).reshape(-1)]
+        fill = node.attrs.get("value")
+        fill = np.asarray(fill.values if isinstance(fill, gs.Constant) else np.zeros(1, np.float32))
+        return [np.full(dims, fill.reshape(-1)[0], dtype=fill.dtype)]
+    from onnx.reference import ReferenceEvaluator
+
+    proto = OnnxExporter.export_node(node)
+    inputs = [helper.make_tensor_value_info(t.name, helper.np_dtype_to_tensor_dtype(np.asarray(t.values).dtype),
+                                            list(np.asarray(t.values).shape))
+              for t in node.inputs if not is_empty(t)]
+    outputs = [helper.make_empty_tensor_value_info(t.name) for t in node.outputs]
+    model = helper.make_model(helper.make_graph([proto], "fold", inputs, outputs),
+                              opset_imports=[helper.make_opsetid("", version)])
+    feeds = {t.name: np.asarray(t.values) for t in node.inputs if not is_empty(t)}
+    return list(ReferenceEvaluator(model).run(None, feeds))
+
+
+def infer_shapes(graph: gs.Graph) -> None:
+    """Refresh every intermediate tensor's dtype and shape with onnx shape inference.
+
+    Runs on a skeleton (large weights declared by type only) so the cost does not grow with the
+    size of the weights.
+    """
+    skeleton = _skeleton(graph)
+    try:
+        inferred = onnx.shape_inference.infer_shapes(skeleton, data_prop=True)
+    except Exception:
+        inferred = skeleton
+    known = {vi.name: vi for vi in list(inferred.graph.value_info) + list(inferred.graph.output)}
+    tensors = graph.tensors()
+    for name, info in known.items():
+        tensor = tensors.get(name)
+        if not isinstance(tensor, gs.Variable) or not info.type.HasField("tensor_type"):
+            continue
+        ttype = info.type.tensor_type
+        if ttype.elem_type and tensor.dtype is None:
+            tensor.dtype = helper.tensor_dtype_to_np_dtype(ttype.elem_type)
+        if ttype.HasField("shape") and tensor not in graph.inputs:
+            tensor.shape = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+                            for d in ttype.shape.dim]
+
+
+def clear_shapes(tensors: list[gs.Tensor]) -> None:
+    """Forget shapes that a rewrite made stale (onnxruntime refuses contradicting value_info)."""
+    for tensor in tensors:
+        if isinstance(tensor, gs.Variable):
+            tensor.shape = None
+
+
+def _skeleton(graph: gs.Graph) -> onnx.ModelProto:
+    nodes = [OnnxExporter.export_node(node) for node in graph.nodes]
+    inputs = [OnnxExporter.export_value_info_proto(t, do_type_check=False) for t in graph.inputs]
+    outputs = [helper.make_empty_tensor_value_info(t.name) for t in graph.outputs]
+    initializers = []
+    for tensor in graph.tensors().values():
+        if not isinstance(tensor, gs.Constant):
+            continue
+        if int(np.prod(tensor.shape)) <= _SKELETON_VALUE_LIMIT:
+            initializers.append(numpy_helper.from_array(np.asarray(tensor.values), tensor.name))
+        else:
+            inputs.append(helper.make_tensor_value_info(
+                tensor.name, helper.np_dtype_to_tensor_dtype(np.dtype(tensor.dtype)), list(tensor.shape)))
+    opsets = list(graph.import_domains or [helper.make_opsetid("", opset(graph))])
+    model = helper.make_model(helper.make_graph(nodes, graph.name or "g", inputs, outputs, initializers),
+                              opset_imports=opsets)
+    # Weights are declared as inputs here, which IR 4 and later allow without initializers.
+    model.ir_version = max(graph.ir_version or onnx.IR_VERSION, 4)
+    return model
+
+
+def export_model(graph: gs.Graph, original: onnx.ModelProto) -> onnx.ModelProto:
+    """Export, keeping the original's IR version, opsets, metadata and interface order.
+
+    IR < 4 models declare every initializer as a graph input; onnx-graphsurgeon drops those,
+    so they are restored (in their original order, with their new shapes).
+    """
+    exported = gs.export_onnx(graph, do_type_check=False)
+    model = onnx.ModelProto()
+    model.ir_version = original.ir_version
+    model.opset_import.extend(original.opset_import)
+    for field in ("producer_name", "producer_version", "domain", "model_version", "doc_string"):
+        setattr(model, field, getattr(original, field))
+    model.metadata_props.extend(original.metadata_props)
+    model.functions.extend(original.functions)
+    model.graph.CopyFrom(exported.graph)
+    if original.ir_version < 4:
+        _restore_initializer_inputs(model, original)
+    return model
+
+
+def _restore_initializer_inputs(model: onnx.ModelProto, original: onnx.ModelProto) -> None:
+    weights = {t.name: t for t in model.graph.initializer}
+    declared = {vi.name: vi for vi in model.graph.input}
+    order = [vi.name for vi in original.graph.input] + list(weights)
+    inputs, seen = [], set()
+    for name in order:
+        if name in seen:
+            continue
+        seen.add(name)
+        if name in weights:
+            t = weights[name]
+            inputs.append(helper.make_tensor_value_info(name, t.data_type, list(t.dims)))
+        elif name in declared:
+            inputs.append(declared[name])
+    del model.graph.input[:]
+    model.graph.input.extend(inputs)

@@ -1,0 +1,96 @@
+"""How unit spaces sit on a tensor axis: plain, blocked (flatten) or segmented (concat)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Callable
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A run of `units` units of `space` (None: a fixed-size stretch), each `block` elements long."""
+
+    space: int | None
+    units: int
+    block: int = 1
+
+    @property
+    def size(self) -> int:
+        return self.units * self.block
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The one axis of a tensor that carries units, and how they are laid out along it."""
+
+    axis: int
+    rank: int
+    segments: tuple[Segment, ...]
+
+    @staticmethod
+    def plain(space: int, units: int, axis: int, rank: int) -> Layout:
+        return Layout(axis, rank, (Segment(space, units),))
+
+    @property
+    def size(self) -> int:
+        return sum(s.size for s in self.segments)
+
+    @property
+    def spaces(self) -> set[int]:
+        return {s.space for s in self.segments if s.space is not None}
+
+    def moved(self, axis: int, rank: int | None = None) -> Layout:
+        return replace(self, axis=axis, rank=self.rank if rank is None else rank)
+
+    def scaled(self, factor: int) -> Layout:
+        """Each unit's block grows by `factor` (channel multiplier, trailing dims merged in)."""
+        return replace(self, segments=tuple(replace(s, block=s.block * factor) for s in self.segments))
+
+    def canonical(self, find: Callable[[int], int]) -> Layout:
+        return replace(self, segments=tuple(s if s.space is None else replace(s, space=find(s.space))
+                                            for s in self.segments))
+
+    def same_structure(self, other: Layout) -> bool:
+        return (self.axis == other.axis and len(self.segments) == len(other.segments)
+                and all(a.units == b.units and a.block == b.block and (a.space is None) == (b.space is None)
+                        for a, b in zip(self.segments, other.segments)))
+
+
+@dataclass(frozen=True)
+class Mapping:
+    """Net2Wider's unit mapping g: new unit j copies old unit g[j]; counts[i] = replicas of unit i."""
+
+    source: np.ndarray
+    counts: np.ndarray
+
+    @property
+    def width(self) -> int:
+        return len(self.source)
+
+
+def axis_plan(layout: Layout, mappings: dict[int, Mapping]) -> tuple[np.ndarray, np.ndarray]:
+    """Element gather indices and per-element replica counts for a layout's axis after widening."""
+    indices: list[np.ndarray] = []
+    counts: list[np.ndarray] = []
+    offset = 0
+    for seg in layout.segments:
+        mapping = mappings.get(seg.space) if seg.space is not None else None
+        if mapping is None:
+            indices.append(offset + np.arange(seg.size))
+            counts.append(np.ones(seg.size, dtype=np.int64))
+        else:
+            within = np.arange(seg.block)
+            indices.append(offset + (mapping.source[:, None] * seg.block + within[None, :]).reshape(-1))
+            counts.append(np.repeat(mapping.counts[mapping.source], seg.block))
+        offset += seg.size
+    return np.concatenate(indices), np.concatenate(counts)
+
+
+def new_size(layout: Layout, mappings: dict[int, Mapping]) -> int:
+    total = 0
+    for seg in layout.segments:
+        mapping = mappings.get(seg.space) if seg.space is not None else None
+        total += seg.size if mapping is None else mapping.width * seg.block
+    return total

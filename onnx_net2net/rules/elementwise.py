@@ -1,0 +1,69 @@
+"""Elementwise ops: units pass through; constants broadcast per unit; activations that meet join."""
+
+from __future__ import annotations
+
+import onnx_graphsurgeon as gs
+
+from .. import graph as G
+from ..groups import Analysis
+from ..layout import Layout
+from . import register
+
+ELEMENTWISE = (
+    # activations: a copy of a unit computes the copy's value, whatever the function
+    "Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "Sigmoid", "HardSigmoid", "Tanh", "Softplus",
+    "Softsign", "HardSwish", "Gelu", "Mish", "Swish", "ThresholdedRelu", "Shrink", "Clip",
+    # unary math
+    "Erf", "Exp", "Log", "Abs", "Neg", "Sqrt", "Reciprocal", "Floor", "Ceil", "Round", "Sign",
+    "Sin", "Cos", "Tan", "Asin", "Acos", "Atan", "Sinh", "Cosh", "Asinh", "Acosh", "Atanh",
+    "IsNaN", "IsInf", "Not",
+    # identities
+    "Identity", "Cast", "CastLike", "Dropout",
+    # n-ary with numpy broadcasting
+    "Add", "Sub", "Mul", "Div", "Pow", "Mod", "Max", "Min", "Sum", "Mean", "Where",
+    "Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual", "And", "Or", "Xor", "BitShift",
+)
+
+
+@register(*ELEMENTWISE)
+def broadcast(analysis: Analysis, node: gs.Node, ins: list[Layout | None]) -> list[Layout | None]:
+    """Inputs broadcast right-aligned: carried inputs join, constants along the unit axis
+    become per-unit parameters, anything else of fixed width along it blocks."""
+    out_rank = G.rank(node.outputs[0])
+    ranks = [G.rank(t) for t in node.inputs]
+    if out_rank is None:
+        known = [r for r in ranks if r is not None]
+        out_rank = max(known) if known and len(known) == len(ranks) else None
+    if out_rank is None:
+        analysis.block(ins, node, "rank of the output is unknown")
+        return [None] * len(node.outputs)
+    aligned = [layout.moved(layout.axis + out_rank - layout.rank, out_rank)
+               for layout in ins if layout is not None]
+    base = analysis.join(aligned, node)
+    if base is None:
+        return [None] * len(node.outputs)
+    for slot, (tensor, layout) in enumerate(zip(node.inputs, ins)):
+        if layout is not None or G.is_empty(tensor) or _type_only(node, slot):
+            continue
+        tensor_rank = G.rank(tensor) if not G.is_constant(tensor) else len(tensor.shape)
+        if tensor_rank is None:
+            analysis.block(base, node, f"rank of input '{tensor.name}' is unknown")
+            continue
+        axis = base.axis - (out_rank - tensor_rank)
+        if axis < 0:
+            continue
+        size = G.dim(tensor, axis) if not G.is_constant(tensor) else int(tensor.shape[axis])
+        if size == 1:
+            continue
+        if G.is_constant(tensor) and size == base.size:
+            analysis.effect("replicate", node, slot, axis, base.moved(axis, tensor_rank))
+        elif G.is_constant(tensor):
+            analysis.block(base, node, f"constant '{tensor.name}' has size {size} on the unit axis, not {base.size}")
+        else:
+            analysis.block(base, node, f"joins {analysis.describe(tensor)}, whose width along the unit axis is fixed")
+    return [base] * len(node.outputs)
+
+
+def _type_only(node: gs.Node, slot: int) -> bool:
+    """Inputs read for their type or as scalars, never broadcast against the data."""
+    return (node.op == "CastLike" and slot == 1) or (node.op == "Dropout" and slot > 0)

@@ -1,0 +1,144 @@
+"""Conv, ConvTranspose, Gemm, MatMul: they contract over the units they read (consumers) and
+give birth to a new unit space on their output (producers)."""
+
+from __future__ import annotations
+
+import onnx_graphsurgeon as gs
+
+from .. import graph as G
+from ..groups import Analysis
+from ..layout import Layout
+from . import carried, register
+
+
+def _weight_shape(analysis: Analysis, node: gs.Node, slot: int, ins: list[Layout | None]) -> tuple[int, ...] | None:
+    tensor = node.inputs[slot] if len(node.inputs) > slot else None
+    if tensor is None or not G.is_constant(tensor):
+        analysis.block(ins, node, f"input {slot} is not a constant weight")
+        return None
+    return tuple(int(d) for d in tensor.shape)
+
+
+def _bias(analysis: Analysis, node: gs.Node, slot: int, layout: Layout) -> None:
+    """A bias input: a constant broadcast along the output units (scalar or per unit)."""
+    if len(node.inputs) <= slot or G.is_empty(node.inputs[slot]):
+        return
+    tensor = node.inputs[slot]
+    if not G.is_constant(tensor):
+        analysis.block(layout, node, f"bias '{tensor.name}' is not constant")
+        return
+    bias_rank = len(tensor.shape)
+    # Conv biases are one entry per channel; Gemm's C broadcasts right-aligned against (M, N).
+    axis = 0 if node.op in ("Conv", "ConvTranspose") else layout.axis - (layout.rank - bias_rank)
+    if axis < 0 or int(tensor.shape[axis]) == 1:
+        return
+    if int(tensor.shape[axis]) != layout.size:
+        analysis.block(layout, node, f"bias '{tensor.name}' does not match the output units")
+        return
+    analysis.effect("replicate", node, slot, axis, layout.moved(axis, bias_rank))
+
+
+@register("Conv", producer=True)
+def conv(analysis: Analysis, node: gs.Node, ins: list[Layout | None]) -> list[Layout | None]:
+    weight = _weight_shape(analysis, node, 1, ins)
+    x = ins[0]
+    if weight is None or any(ins[1:]):
+        analysis.block(carried(ins[1:]), node, "weights computed from activations")
+        return [None]
+    group = int(G.attr(node, "group", 1))
+    out_rank = G.rank(node.outputs[0]) or len(weight)
+    c_out, c_in = weight[0], weight[1] * group
+    if x is not None and x.axis != 1:
+        analysis.block(x, node, "units are not on the channel axis")
+        x = None
+    if group > 1 and group == c_in:
+        # Depthwise: each input channel has its own filters, so its units flow through with
+        # a block of `multiplier` output channels each, and `group` follows the width.
+        if x is None:
+            return [None]
+        out = x.scaled(c_out // c_in).moved(1, out_rank)
+        analysis.effect("replicate", node, 1, 0, out.moved(0, len(weight)))
+        _bias(analysis, node, 2, out)
+        analysis.effect("group_attr", node, 0, 1, x)
+        return [out]
+    if x is not None:
+        if group == 1:
+            analysis.effect("contract", node, 1, 1, x.moved(1, len(weight)))
+        elif analysis.require_partitions(x, group, node):
+            analysis.effect("grouped_contract", node, 1, 1, x.moved(1, len(weight)), groups=group)
+    space = analysis.new_space(node, c_out, partitions=group)
+    out = Layout.plain(space, c_out, 1, out_rank)
+    analysis.effect("replicate", node, 1, 0, out.moved(0, len(weight)), incoming=True)
+    _bias(analysis, node, 2, out)
+    return [out]
+
+
+@register("ConvTranspose", producer=True)
+def conv_transpose(analysis: Analysis, node: gs.Node, ins: list[Layout | None]) -> list[Layout | None]:
+    weight = _weight_shape(analysis, node, 1, ins)
+    x = ins[0]
+    if weight is None or any(ins[1:]):
+        return [None]
+    group = int(G.attr(node, "group", 1))
+    if group != 1:
+        analysis.block(x, node, f"grouped ConvTranspose (group={group}) is not supported")
+        return [None]
+    if x is not None:
+        if x.axis != 1:
+            analysis.block(x, node, "units are not on the channel axis")
+        else:
+            analysis.effect("contract", node, 1, 0, x.moved(0, len(weight)))
+    out_rank = G.rank(node.outputs[0]) or len(weight)
+    space = analysis.new_space(node, weight[1], partitions=1)
+    out = Layout.plain(space, weight[1], 1, out_rank)
+    analysis.effect("replicate", node, 1, 1, out.moved(1, len(weight)), incoming=True)
+    _bias(analysis, node, 2, out)
+    return [out]
+
+
+@register("Gemm", producer=True)
+def gemm(analysis: Analysis, node: gs.Node, ins: list[Layout | None]) -> list[Layout | None]:
+    weight = _weight_shape(analysis, node, 1, ins)
+    if weight is None:
+        return [None]
+    if len(ins) > 2 and ins[2] is not None:
+        analysis.block(ins, node, "Gemm's C input carries units from an activation")
+        return [None]
+    trans_a, trans_b = int(G.attr(node, "transA", 0)), int(G.attr(node, "transB", 0))
+    a = ins[0]
+    if a is not None:
+        if a.axis != (0 if trans_a else 1):
+            analysis.block(a, node, "units are on Gemm's row axis, not the contracted one")
+        else:
+            analysis.effect("contract", node, 1, 1 if trans_b else 0, a.moved(1 if trans_b else 0, 2))
+    n = weight[0] if trans_b else weight[1]
+    space = analysis.new_space(node, n)
+    out = Layout.plain(space, n, 1, 2)
+    analysis.effect("replicate", node, 1, 0 if trans_b else 1, out.moved(0 if trans_b else 1, 2), incoming=True)
+    _bias(analysis, node, 2, out)
+    return [out]
+
+
+@register("MatMul", producer=True)
+def matmul(analysis: Analysis, node: gs.Node, ins: list[Layout | None]) -> list[Layout | None]:
+    a_tensor, b_tensor = node.inputs
+    if not G.is_constant(b_tensor):
+        if any(ins):
+            analysis.block(ins, node, "MatMul between two activations contracts or mixes the units")
+        return [None]
+    b_shape = tuple(int(d) for d in b_tensor.shape)
+    a = ins[0]
+    out_rank = G.rank(node.outputs[0])
+    if a is not None:
+        if a.axis != a.rank - 1 or len(b_shape) < 1:
+            analysis.block(a, node, "units are on MatMul's row or batch axes, not the contracted one")
+            return [None]
+        axis = 0 if len(b_shape) == 1 else len(b_shape) - 2
+        analysis.effect("contract", node, 1, axis, a.moved(axis, len(b_shape)))
+    if len(b_shape) < 2 or out_rank is None:
+        return [None]
+    n = b_shape[-1]
+    space = analysis.new_space(node, n)
+    out = Layout.plain(space, n, out_rank - 1, out_rank)
+    analysis.effect("replicate", node, 1, len(b_shape) - 1, out.moved(len(b_shape) - 1, len(b_shape)), incoming=True)
+    return [out]

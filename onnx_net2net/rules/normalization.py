@@ -1,0 +1,69 @@
+"""Normalizations: per-channel ones replicate their parameters; ones across units block."""
+
+from __future__ import annotations
+
+import onnx_graphsurgeon as gs
+
+from .. import graph as G
+from ..groups import Analysis
+from ..layout import Layout
+from . import def_blocker, register
+
+
+def _per_channel(analysis: Analysis, node: gs.Node, ins: list[Layout | None], params: range) -> Layout | None:
+    x = ins[0]
+    if x is None or any(ins[1:]):
+        analysis.block(ins, node, "parameters computed from widened activations")
+        return None
+    if x.axis != 1:
+        analysis.block(x, node, "units are not on the channel axis")
+        return None
+    for slot in params:
+        if slot >= len(node.inputs) or G.is_empty(node.inputs[slot]):
+            continue
+        tensor = node.inputs[slot]
+        if not G.is_constant(tensor):
+            analysis.block(x, node, f"parameter '{tensor.name}' is not constant")
+            return None
+        analysis.effect("replicate", node, slot, 0, x.moved(0, 1))
+    return x
+
+
+@register("BatchNormalization")
+def batch_norm(analysis: Analysis, node: gs.Node, ins: list[Layout | None]) -> list[Layout | None]:
+    x = _per_channel(analysis, node, ins, range(1, 5))
+    if x is None:
+        return [None] * len(node.outputs)
+    return [x] + [x.moved(0, 1)] * (len(node.outputs) - 1)
+
+
+@register("InstanceNormalization")
+def instance_norm(analysis: Analysis, node: gs.Node, ins: list[Layout | None]) -> list[Layout | None]:
+    return [_per_channel(analysis, node, ins, range(1, 3))]
+
+
+@register("LayerNormalization")
+def layer_norm(analysis: Analysis, node: gs.Node, ins: list[Layout | None]) -> list[Layout | None]:
+    x = ins[0]
+    if x is None or any(ins[1:]):
+        analysis.block(ins, node, "normalizes with parameters from widened activations")
+        return [None] * len(node.outputs)
+    axis = int(G.attr(node, "axis", -1))
+    axis = axis + x.rank if axis < 0 else axis
+    if x.axis >= axis:
+        analysis.block(x, node, "normalizes over the unit axis (duplicated units change mean and variance)")
+        return [None] * len(node.outputs)
+    return [x] * len(node.outputs)
+
+
+def_blocker("GroupNormalization", reason="normalizes over groups of units (duplicated units change the statistics)")
+def_blocker("MeanVarianceNormalization", reason="normalizes over the units' axes")
+
+
+@register("LRN")
+def lrn(analysis: Analysis, node: gs.Node, ins: list[Layout | None]) -> list[Layout | None]:
+    x = ins[0]
+    if x is not None and x.axis == 1:
+        analysis.block(x, node, "normalizes across neighbouring channels (duplicated units change the sum)")
+        return [None]
+    return [x]

@@ -1,0 +1,415 @@
+"""Layout changes: ops that move, merge, concatenate or slice axes without mixing values."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from .. import graph as G
+from ..groups import Analysis
+from ..layout import Layout, Segment
+from . import register
+
+
+
+@dataclass(frozen=True)
+class Dim:
+    """A dimension as a product of a known integer and named symbols (batch, sequence...)."""
+
+    coef: int
+    symbols: tuple[str, ...] = ()
+    # Where a traced shape entry was read from (tensor name, axis): it follows that tensor.
+    source: tuple[str, int] | None = field(default=None, compare=False)
+
+    @staticmethod
+    def of(value: int | str | None, fresh: str) -> Dim:
+        if isinstance(value, (int, np.integer)):
+            return Dim(int(value))
+        return Dim(1, (value if isinstance(value, str) else fresh,))
+
+    def __mul__(self, other: Dim) -> Dim:
+        return Dim(self.coef * other.coef, tuple(sorted(self.symbols + other.symbols)))
+
+    def divide(self, other: Dim) -> Dim | None:
+        if other.coef == 0 or self.coef % other.coef:
+            return None
+        left = Counter(self.symbols)
+        left.subtract(other.symbols)
+        if any(v < 0 for v in left.values()):
+            return None
+        return Dim(self.coef // other.coef, tuple(sorted(left.elements())))
+
+    @property
+    def known(self) -> bool:
+        return not self.symbols
+
+
+def _product(dims: list[Dim]) -> Dim:
+    total = Dim(1)
+    for d in dims:
+        total = total * d
+    return total
+
+
+def _dims(tensor: gs.Tensor) -> list[Dim] | None:
+    dims = G.shape(tensor)
+    if dims is None:
+        return None
+    return [Dim.of(d, f"?{tensor.name}:{i}") for i, d in enumerate(dims)]
+
+
+def shape_entries(tensor: gs.Tensor) -> list[Dim | int | None] | None:
+    """The entries of a 1-D shape tensor: ints where constant, Dims traced through Shape,
+    None where computed otherwise; None when even its length is unknown."""
+    value = G.constant(tensor)
+    if value is not None:
+        return [int(v) for v in value.reshape(-1)]
+    producer = tensor.inputs[0] if tensor.inputs else None
+    if producer is not None and G.is_default_domain(producer):
+        op = producer.op
+        if op == "Shape":
+            dims = _dims(producer.inputs[0])
+            if dims is not None:
+                name = producer.inputs[0].name
+                dims = [Dim(d.coef, d.symbols, (name, i)) for i, d in enumerate(dims)]
+                start = int(G.attr(producer, "start", 0))
+                end = G.attr(producer, "end")
+                return dims[start:None if end is None else int(end)]
+        if op in ("Identity", "Cast", "Squeeze", "Unsqueeze"):
+            return shape_entries(producer.inputs[0])
+        if op == "Concat":
+            parts = [shape_entries(t) for t in producer.inputs]
+            if all(p is not None for p in parts):
+                return [e for p in parts for e in p]
+        if op == "Gather" and int(G.attr(producer, "axis", 0)) == 0:
+            source, index = shape_entries(producer.inputs[0]), G.constant(producer.inputs[1])
+            if source is not None and index is not None:
+                return [source[int(i)] for i in index.reshape(-1)]
+    dims = G.shape(tensor)
+    if dims is not None and len(dims) == 1 and isinstance(dims[0], int):
+        return [None] * dims[0]
+    return None
+
+
+def _normalize(axes, rank: int) -> list[int]:
+    return sorted(int(a) + rank if int(a) < 0 else int(a) for a in axes)
+
+
+def _axes_input(node: gs.Node, attr_name: str, slot: int) -> list[int] | None:
+    """Axes given as an attribute (older opsets) or as a constant input (newer ones)."""
+    axes = G.attr(node, attr_name)
+    if axes is not None:
+        return list(axes)
+    if len(node.inputs) > slot and not G.is_empty(node.inputs[slot]):
+        value = G.constant(node.inputs[slot])
+        return None if value is None else value.reshape(-1).tolist()
+    return []
+
+
+@register("Transpose")
+def transpose(analysis: Analysis, node: gs.Node, ins: list[Layout | None]) -> list[Layout | None]:
+    x = ins[0]
+    perm = G.attr(node, "perm") or list(reversed(range(x.rank)))
+    return [x.moved(list(perm).index(x.axis))]
+
+
+@register("Unsqueeze")
+def unsqueeze(analysis: Analysis, node: gs.Node, ins: list[Layout | None]) -> list[Layout | None]:
+    x = ins[0]
+    axes = _axes_input(node, "axes", 1)
+    if axes is None or ins[1:] and any(ins[1:]):
+        analysis.block(x, node, "axes are computed at runtime")
+        return [None]
+    out_rank = x.rank + len(axes)
+    inserted = set(_normalize(axes, out_rank))
+    kept = [i for i in range(out_rank) if i not in inserted]
+    return [x.moved(kept[x.axis], out_rank)]
+
+
+@register("Squeeze")
+def squeeze(analysis: Analysis, node: gs.Node, ins: list[Layout | None]) -> list[Layout | None]:
+    x = ins[0]
+    axes = _axes_input(node, "axes", 1)
+    if axes == []:
+        dims = G.shape(node.inputs[0])
+        axes = None if dims is None else [i for i, d in enumerate(dims) if d == 1]
+    if axes is None:
+        analysis.block(x, node, "squeezed axes are unknown")
+        return [None]
+    axes = _normalize(axes, x.rank)
+    if x.axis in axes:
+        analysis.block(x, node, "squeezes the unit axis away")
+        return [None]
+    return [x.moved(x.axis - sum(a < x.axis for a in axes), x.rank - len(axes))]
+
+
+@register("Flatten")
+def flatten(analysis: Analysis, node: gs.Node, ins: list[Layout | None]) -> list[Layout | None]:
+    """Conv -> Flatten -> Gemm: each channel becomes a contiguous block of H*W features."""
+    x = ins[0]
+    axis = int(G.attr(node, "axis", 1))
+    axis = axis + x.rank if axis < 0 else axis
+    dims = _dims(node.inputs[0])
+    if dims is None or x.axis < axis or _product(dims[axis:x.axis]) != Dim(1):
+        analysis.block(x, node, "merges the unit axis with a leading axis (units would not stay contiguous)")
+        return [None]
+    trailing = _product(dims[x.axis + 1:])
+    if not trailing.known:
+        analysis.block(x, node, "flattens the unit axis with dims of unknown size")
+        return [None]
+    return [x.scaled(trailing.coef).moved(1, 2)]
+
+
+@register("Reshape")
+def reshape(analysis: Analysis, node: gs.Node, ins: list[Layout | None]) -> list[Layout | None]:
+    """Fine when the units stay whole along one output axis, optionally merged with the axes
+    that trail them (each unit then owns a contiguous block); the shape entry for that axis
+    is rewritten when it is a constant."""
+    x = ins[0]
+    if len(ins) > 1 and ins[1] is not None:
+        analysis.block(ins, node, "shape computed from widened activations")
+        return [None]
+    in_dims = _dims(node.inputs[0])
+    entries = shape_entries(node.inputs[1])
+    if in_dims is None or entries is None:
+        analysis.block(x, node, "input or target shape is unknown")
+        return [None]
+    allow_zero = int(G.attr(node, "allowzero", 0))
+    inferred = _dims(node.outputs[0])
+    out: list[Dim | None] = []
+    for i, entry in enumerate(entries):
+        if isinstance(entry, int) and entry == 0 and not allow_zero:
+            out.append(in_dims[i])
+        elif isinstance(entry, int) and entry > 0 or isinstance(entry, int) and entry == 0:
+            out.append(Dim(entry))
+        elif isinstance(entry, Dim):
+            out.append(entry)
+        else:
+            out.append(inferred[i] if inferred and len(inferred) == len(entries) and inferred[i].known else None)
+    if sum(o is None for o in out) == 1:
+        hole = out.index(None)
+        rest = _product([o for o in out if o is not None])
+        out[hole] = _product(in_dims).divide(rest)
+    if any(o is None for o in out):
+        analysis.block(x, node, "target shape cannot be resolved")
+        return [None]
+    before = _product(in_dims[:x.axis])
+    found = None
+    for v in range(len(out)):
+        if _product(out[:v]) != before:
+            continue
+        for j in range(x.axis + 1, x.rank + 1):
+            trailing = _product(in_dims[x.axis + 1:j])
+            if trailing.known and out[v] == Dim(x.size * trailing.coef):
+                found = (v, trailing.coef)
+                break
+        if found:
+            break
+    if found is None:
+        analysis.block(x, node, "splits the unit axis or merges it with a leading axis")
+        return [None]
+    v, merged = found
+    entry = entries[v]
+    layout = x.scaled(merged).moved(v, len(out))
+    if isinstance(entry, int) and entry > 0:
+        if not G.is_constant(node.inputs[1]):
+            analysis.block(x, node, "the unit axis's size is baked into a shape computed at runtime")
+            return [None]
+        analysis.effect("entry", node, 1, v, layout)
+    elif entry == 0 and (v != x.axis or merged != 1):
+        analysis.block(x, node, "copies a dim (0) that does not follow the unit axis")
+        return [None]
+    elif entry is None or isinstance(entry, Dim) and not _follows(analysis, entry, x, merged):
+        analysis.block(x, node, "the unit axis's size comes from a runtime shape that does not follow the units")
+        return [None]
+    return [layout]
+
+
+def _follows(analysis: Analysis, entry: Dim, x: Layout, merged: int) -> bool:
+    """A size read at runtime from a tensor's unit axis grows with the units by itself."""
+    if entry.source is None or merged != 1:
+        return False
+    origin = analysis.layouts.get(entry.source[0])
+    return (origin is not None and origin.axis == entry.source[1]
+            and [analysis.find(s) for s in origin.spaces] == [analysis.find(s) for s in x.spaces]
+            and origin.same_structure(x.moved(origin.axis, origin.rank)))
+
+
+@register("Concat")
+def concat(analysis: Analysis, node: gs.Node, ins: list[Layout | None]) -> list[Layout | None]:
+    """Along the unit axis: a segmented layout (offsets); along another axis: a join."""
+    present = [x for x in ins if x is not None]
+    rank = present[0].rank
+    axis = int(G.attr(node, "axis"))
+    axis = axis + rank if axis < 0 else axis
+    if all(x.axis == axis for x in present):
+        segments: list[Segment] = []
+        for tensor, x in zip(node.inputs, ins):
+            if x is not None:
+                segments.extend(x.segments)
+                continue
+            size = int(tensor.shape[axis]) if G.is_constant(tensor) else G.dim(tensor, axis)
+            if not isinstance(size, int):
+                analysis.block(present, node, f"size of '{tensor.name}' along the concat axis is unknown")
+                return [None]
+            if size:
+                segments.append(Segment(None, size))
+        return [Layout(axis, rank, tuple(segments))]
+    if any(x.axis == axis for x in present) or len(present) != len(ins):
+        analysis.block(present, node, "concatenates along the unit axis of some inputs only, or with fixed-width tensors")
+        return [None]
+    return [analysis.join(present, node)]
+
+
+@register("Split")
+def split(analysis: Analysis, node: gs.Node, ins: list[Layout | None]) -> list[Layout | None]:
+    x = ins[0]
+    axis = int(G.attr(node, "axis", 0))
+    if (axis + x.rank if axis < 0 else axis) == x.axis:
+        analysis.block(x, node, "splits the unit axis")
+        return [None] * len(node.outputs)
+    return [x] * len(node.outputs)
+
+
+@register("Slice")
+def slice_(analysis: Analysis, node: gs.Node, ins: list[Layout | None]) -> list[Layout | None]:
+    x = ins[0]
+    if any(ins[1:]):
+        analysis.block(ins, node, "slice bounds computed from widened activations")
+        return [None]
+    if G.opset(analysis.graph) < 10:
+        starts, ends = G.attr(node, "starts"), G.attr(node, "ends")
+        axes, steps = G.attr(node, "axes") or list(range(len(starts))), [1] * len(starts)
+    else:
+        values = [G.constant(t) if i < len(node.inputs) and not G.is_empty(t) else None
+                  for i, t in enumerate(node.inputs[1:5])] + [None] * 4
+        starts, ends, axes, steps = values[:4]
+        if starts is None or ends is None:
+            analysis.block(x, node, "slice bounds are computed at runtime")
+            return [None]
+        axes = list(range(len(starts))) if axes is None else axes.tolist()
+        steps = [1] * len(starts) if steps is None else steps.tolist()
+        starts, ends = starts.tolist(), ends.tolist()
+    for a, start, end, step in zip(axes, starts, ends, steps):
+        if (int(a) + x.rank if int(a) < 0 else int(a)) != x.axis:
+            continue
+        start = max(start + x.size, 0) if start < 0 else start
+        end = end + x.size if end < 0 else end
+        if step != 1 or start != 0 or end < x.size:
+            analysis.block(x, node, "slices the unit axis")
+            return [None]
+    return [x]
+
+
+@register("Gather")
+def gather(analysis: Analysis, node: gs.Node, ins: list[Layout | None]) -> list[Layout | None]:
+    x = ins[0]
+    if x is None or ins[1] is not None:
+        analysis.block(ins, node, "gathers with widened indices")
+        return [None]
+    axis = int(G.attr(node, "axis", 0))
+    axis = axis + x.rank if axis < 0 else axis
+    index_rank = G.rank(node.inputs[1]) if not G.is_constant(node.inputs[1]) else len(node.inputs[1].shape)
+    if axis == x.axis or index_rank is None:
+        analysis.block(x, node, "gathers along the unit axis")
+        return [None]
+    new_axis = x.axis if x.axis < axis else x.axis + index_rank - 1
+    return [x.moved(new_axis, x.rank + index_rank - 1)]
+
+
+@register("Shape", "Size")
+def shape_of(analysis: Analysis, node: gs.Node, ins: list[Layout | None]) -> list[Layout | None]:
+    """A shape carries no units; computations from it see the new sizes at runtime."""
+    return [None]
+
+
+@register("Tile")
+def tile(analysis: Analysis, node: gs.Node, ins: list[Layout | None]) -> list[Layout | None]:
+    x = ins[0]
+    repeats = G.constant(node.inputs[1])
+    if x is None or repeats is None or int(repeats.reshape(-1)[x.axis]) != 1:
+        analysis.block(ins, node, "tiles the unit axis")
+        return [None]
+    return [x]
+
+
+@register("Expand")
+def expand(analysis: Analysis, node: gs.Node, ins: list[Layout | None]) -> list[Layout | None]:
+    x = ins[0]
+    entries = shape_entries(node.inputs[1])
+    if x is None or entries is None:
+        analysis.block(ins, node, "expands to a shape that is unknown")
+        return [None]
+    out_rank = max(x.rank, len(entries))
+    axis = x.axis + out_rank - x.rank
+    entry = entries[axis - (out_rank - len(entries))] if axis - (out_rank - len(entries)) >= 0 else 1
+    out = x.moved(axis, out_rank)
+    if entry == x.size and G.is_constant(node.inputs[1]):
+        analysis.effect("entry", node, 1, axis - (out_rank - len(entries)), out)
+    elif entry not in (1, -1):
+        analysis.block(x, node, "expands along the unit axis to a size that is not 1")
+        return [None]
+    return [out]
+
+
+@register("Pad")
+def pad(analysis: Analysis, node: gs.Node, ins: list[Layout | None]) -> list[Layout | None]:
+    x = ins[0]
+    if x is None or any(ins[1:]):
+        analysis.block(ins, node, "pads computed from widened activations")
+        return [None]
+    pads = G.attr(node, "pads")
+    axes = list(range(x.rank))
+    if pads is None:
+        value = G.constant(node.inputs[1])
+        if value is None:
+            analysis.block(x, node, "pads are computed at runtime")
+            return [None]
+        pads = value.reshape(-1).tolist()
+        if len(node.inputs) > 3 and not G.is_empty(node.inputs[3]):
+            given = G.constant(node.inputs[3])
+            if given is None:
+                analysis.block(x, node, "pad axes are computed at runtime")
+                return [None]
+            axes = [int(a) + x.rank if int(a) < 0 else int(a) for a in given.reshape(-1)]
+    half = len(pads) // 2
+    for i, a in enumerate(axes[:half]):
+        if a == x.axis and (pads[i] or pads[i + half]):
+            analysis.block(x, node, "pads the unit axis")
+            return [None]
+    return [x]
+
+
+@register("Resize", "Upsample")
+def resize(analysis: Analysis, node: gs.Node, ins: list[Layout | None]) -> list[Layout | None]:
+    """Spatial resizing keeps channels apart; scaling the unit axis itself would interpolate units."""
+    x = ins[0]
+    if x is None or any(ins[1:]):
+        analysis.block(ins, node, "resize parameters computed from widened activations")
+        return [None]
+    scales_slot, sizes_slot = (1, None) if node.op == "Upsample" or G.opset(analysis.graph) < 11 else (2, 3)
+    scales = G.attr(node, "scales")
+    if scales is None and len(node.inputs) > scales_slot and not G.is_empty(node.inputs[scales_slot]):
+        value = G.constant(node.inputs[scales_slot])
+        scales = None if value is None else value.reshape(-1).tolist()
+        if value is None:
+            analysis.block(x, node, "scales are computed at runtime")
+            return [None]
+    if scales:
+        if float(scales[x.axis]) != 1.0:
+            analysis.block(x, node, "scales the unit axis")
+            return [None]
+        return [x]
+    if sizes_slot is not None and len(node.inputs) > sizes_slot and not G.is_empty(node.inputs[sizes_slot]):
+        sizes = G.constant(node.inputs[sizes_slot])
+        if sizes is None or G.attr(node, "axes") is not None:
+            analysis.block(x, node, "sizes are computed at runtime or given per axis")
+            return [None]
+        if int(sizes.reshape(-1)[x.axis]) != x.size:
+            analysis.block(x, node, "resizes the unit axis")
+            return [None]
+        analysis.effect("entry", node, sizes_slot, x.axis, x)
+    return [x]

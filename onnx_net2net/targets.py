@@ -1,0 +1,74 @@
+"""Naming things: how users refer to layers (node, weight or module name, group id) and widths."""
+
+from __future__ import annotations
+
+import difflib
+import re
+
+import onnx_graphsurgeon as gs
+
+from .errors import Net2NetError
+
+
+def module_names(name: str) -> set[str]:
+    """PyTorch-style module paths a node or weight name implies: '/layer1/conv1/Conv' and
+    'layer1.conv1.weight' both name 'layer1.conv1'."""
+    names: set[str] = set()
+    if not name:
+        return names
+    if "/" in name:
+        parts = [p for p in name.split("/") if p]
+        if len(parts) > 1:
+            names.add(".".join(parts[:-1]))
+            names.add("/".join(parts[:-1]))
+    for suffix in (".weight", ".bias", ".kernel", "/kernel", "/bias", ":0"):
+        if name.endswith(suffix):
+            names.add(name[: -len(suffix)])
+    return names
+
+
+def aliases(node: gs.Node) -> tuple[set[str], set[str]]:
+    """Exact names (node, output, weight and bias initializers) and derived module names."""
+    exact = {node.name} if node.name else set()
+    exact.update(t.name for t in node.outputs[:1])
+    exact.update(t.name for t in node.inputs[1:] if isinstance(t, gs.Constant))
+    derived: set[str] = set()
+    for name in exact:
+        derived |= module_names(name)
+    return exact, derived - exact
+
+
+def suggest(name: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
+    return f"; did you mean: {', '.join(close)}?" if close else ""
+
+
+_FACTOR = re.compile(r"^[xX*]\s*([0-9]*\.?[0-9]+)$|^([0-9]*\.?[0-9]+)\s*[xX]$")
+
+
+def parse_width(spec: int | float | str, current: int, where: str) -> int:
+    """An absolute width (96) or a factor (x1.5, 1.5x, or a Python float), rounded to nearest."""
+    if isinstance(spec, bool):
+        raise Net2NetError(f"{where}: width {spec!r} is not a number")
+    if isinstance(spec, int):
+        width = spec
+    elif isinstance(spec, float):
+        width = _from_factor(spec, current, where)
+    else:
+        text = str(spec).strip()
+        match = _FACTOR.match(text)
+        if match:
+            width = _from_factor(float(match.group(1) or match.group(2)), current, where)
+        elif text.isdigit():
+            width = int(text)
+        else:
+            raise Net2NetError(f"{where}: width '{spec}' is neither a number (96) nor a factor (x1.5)")
+    if width <= current:
+        raise Net2NetError(f"{where}: new width {width} is not larger than the current width {current}")
+    return width
+
+
+def _from_factor(factor: float, current: int, where: str) -> int:
+    if not factor > 0:
+        raise Net2NetError(f"{where}: factor {factor} must be positive")
+    return int(round(current * factor + 1e-9))

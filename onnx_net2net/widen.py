@@ -1,0 +1,203 @@
+"""Net2Wider: apply one mapping per widened group to every member it couples."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from . import graph as G
+from .errors import Net2NetError
+from .groups import Analysis, Effect, Group
+from .layout import Mapping, axis_plan, new_size
+from .targets import aliases, parse_width, suggest
+
+
+@dataclass
+class Widening:
+    """One group's change, as reported to users."""
+
+    group: Group
+    old: int
+    new: int
+    targets: list[str]
+
+
+def resolve(analysis: Analysis, requests: dict[str, int | float | str]) -> list[Widening]:
+    """Map user targets (node, weight or module name, group id) to groups and new widths."""
+    by_name: dict[str, set[int]] = {}
+    derived: dict[str, set[int]] = {}
+    groups = {g.root: g for g in analysis.groups}
+    for producer in analysis.producers:
+        root = analysis.find(producer.space)
+        exact, implied = aliases(producer.node)
+        for name in exact:
+            by_name.setdefault(name, set()).add(root)
+        for name in implied:
+            derived.setdefault(name, set()).add(root)
+    for group in analysis.groups:
+        by_name.setdefault(group.id, set()).add(group.root)
+
+    chosen: dict[int, Widening] = {}
+    for target, spec in requests.items():
+        roots = by_name.get(target) or derived.get(target)
+        if not roots:
+            known = sorted(set(by_name) | set(derived))
+            raise Net2NetError(f"unknown target '{target}': no producer (Conv, ConvTranspose, Gemm, MatMul) "
+                               f"has that node, weight or group name{suggest(target, known)}")
+        if len(roots) > 1:
+            ids = ", ".join(sorted(groups[r].id for r in roots))
+            raise Net2NetError(f"target '{target}' is ambiguous: it names layers in groups {ids}")
+        group = groups[roots.pop()]
+        if not group.widenable:
+            raise Net2NetError(f"target '{target}' ({group.id}) cannot be widened: {group.reason}")
+        width = parse_width(spec, group.width, f"target '{target}'")
+        if width % group.partitions:
+            raise Net2NetError(f"target '{target}' ({group.id}): width {width} must be a multiple of "
+                               f"{group.partitions} (grouped convolution)")
+        previous = chosen.get(group.root)
+        if previous is not None and previous.new != width:
+            raise Net2NetError(f"targets '{previous.targets[0]}' and '{target}' are in the same group {group.id} "
+                               f"but ask for different widths ({previous.new} and {width})")
+        if previous is not None:
+            previous.targets.append(target)
+        else:
+            chosen[group.root] = Widening(group, group.width, width, [target])
+    return list(chosen.values())
+
+
+def make_mapping(old: int, new: int, partitions: int, rng: np.random.Generator) -> tuple[Mapping, np.ndarray]:
+    """The paper's mapping: existing units keep their place, extra units copy random ones.
+
+    With conv groups, each group of units grows by the same amount from its own members.
+    Returns the mapping and a mask of the units that are copies (where noise may go).
+    """
+    per_old, per_new = old // partitions, new // partitions
+    sources, fresh = [], []
+    for part in range(partitions):
+        base = part * per_old
+        sources.append(base + np.arange(per_old))
+        sources.append(base + rng.integers(0, per_old, per_new - per_old))
+        fresh.append(np.zeros(per_old, bool))
+        fresh.append(np.ones(per_new - per_old, bool))
+    source = np.concatenate(sources)
+    return Mapping(source, np.bincount(source, minlength=old)), np.concatenate(fresh)
+
+
+def apply(graph: gs.Graph, analysis: Analysis, widenings: list[Widening], seed: int = 0,
+          noise: float = 0.0) -> None:
+    """Rewrite initializers, shape constants and attributes of every widened group, in place."""
+    mappings: dict[int, Mapping] = {}
+    fresh: dict[int, np.ndarray] = {}
+    for w in widenings:
+        index = int(w.group.id[1:])
+        rng = np.random.default_rng([seed, index])
+        mappings[w.group.root], fresh[w.group.root] = make_mapping(w.old, w.new, w.group.partitions, rng)
+    canon = {id(e): e.layout.canonical(analysis.find) for e in analysis.effects}
+    relevant = [e for e in analysis.effects if canon[id(e)].spaces & mappings.keys()]
+    by_slot: dict[tuple[int, int], list[Effect]] = {}
+    for effect in relevant:
+        if effect.kind == "group_attr":
+            effect.node.attrs["group"] = new_size(canon[id(effect)], mappings)
+            continue
+        by_slot.setdefault((id(effect.node), effect.slot), []).append(effect)
+
+    noise_rng = np.random.default_rng([seed, 1 << 20])
+    for tensor, uses in _uses_by_tensor(graph, by_slot).values():
+        variants: dict[tuple, list[tuple[gs.Node, int]]] = {}
+        for node, slot in uses:
+            effects = by_slot.get((id(node), slot), [])
+            key = tuple((e.kind, e.axis, canon[id(e)], e.groups) for e in effects)
+            variants.setdefault(key, []).append((node, slot))
+        for number, (key, slots) in enumerate(variants.items()):
+            if not key:
+                continue
+            effects = by_slot[(id(slots[0][0]), slots[0][1])]
+            values = _transform(np.asarray(tensor.values), effects, canon, mappings, fresh, noise, noise_rng)
+            if len(variants) == 1:
+                tensor.values = values
+            else:
+                copy = gs.Constant(f"{tensor.name}__n2n{number}", values)
+                for node, slot in slots:
+                    node.inputs[slot] = copy
+
+    widened = {name for name, layout in analysis.layouts.items()
+               if layout.canonical(analysis.find).spaces & mappings.keys()}
+    G.clear_shapes([t for name, t in graph.tensors().items() if name in widened])
+    G.infer_shapes(graph)
+
+
+def _uses_by_tensor(graph: gs.Graph, by_slot: dict) -> dict[str, tuple[gs.Constant, list[tuple[gs.Node, int]]]]:
+    """Every use of each constant that some effect rewrites (so shared constants can be split)."""
+    touched: dict[str, gs.Constant] = {}
+    for node in graph.nodes:
+        for slot, tensor in enumerate(node.inputs):
+            if (id(node), slot) in by_slot:
+                if not isinstance(tensor, gs.Constant):
+                    raise Net2NetError(f"{G.label(node)} ({node.op}): input '{tensor.name}' is not a constant")
+                touched[tensor.name] = tensor
+    uses: dict[str, tuple[gs.Constant, list[tuple[gs.Node, int]]]] = {n: (t, []) for n, t in touched.items()}
+    for node in graph.nodes:
+        for slot, tensor in enumerate(node.inputs):
+            if tensor.name in touched and tensor is touched[tensor.name]:
+                uses[tensor.name][1].append((node, slot))
+    return uses
+
+
+def _transform(values: np.ndarray, effects: list[Effect], canon: dict, mappings: dict[int, Mapping],
+               fresh: dict[int, np.ndarray], noise: float, rng: np.random.Generator) -> np.ndarray:
+    dtype = values.dtype
+    for effect in effects:
+        layout = canon[id(effect)]
+        if effect.kind == "entry":
+            values = values.copy()
+            values.reshape(-1)[effect.axis] = new_size(layout, mappings)
+            continue
+        if effect.kind == "grouped_contract":
+            values = _grouped_contract(values, effect.axis, effect.groups, layout, mappings)
+            continue
+        index, counts = axis_plan(layout, mappings)
+        widened = np.take(values, index, axis=effect.axis)
+        if effect.kind == "contract":
+            if not np.issubdtype(dtype, np.floating) and dtype.name != "bfloat16":
+                raise Net2NetError(f"weight of {effect.node.name} has dtype {dtype}; replica division needs floats")
+            shape = [1] * widened.ndim
+            shape[effect.axis] = -1
+            widened = (widened.astype(np.float64) / counts.reshape(shape)).astype(dtype)
+        elif effect.incoming and noise > 0:
+            widened = _add_noise(widened, values, effect.axis, layout, fresh, noise, rng)
+        values = widened
+    return values
+
+
+def _grouped_contract(values: np.ndarray, axis: int, groups: int, layout, mappings) -> np.ndarray:
+    """Weights (C_out, C_in/groups, k...): inside group i, new input j reads old input g(j)."""
+    (segment,) = layout.segments
+    mapping = mappings.get(segment.space)
+    if mapping is None:
+        return values
+    per_old, per_new = segment.units // groups, mapping.width // groups
+    c_out = values.shape[0]
+    blocks = values.reshape(groups, c_out // groups, *values.shape[1:]).astype(np.float64)
+    out = []
+    for part in range(groups):
+        local = mapping.source[part * per_new:(part + 1) * per_new] - part * per_old
+        counts = mapping.counts[mapping.source[part * per_new:(part + 1) * per_new]]
+        shape = [1] * (blocks.ndim - 1)
+        shape[axis] = -1
+        out.append(np.take(blocks[part], local, axis=axis) / counts.reshape(shape))
+    return np.concatenate(out, axis=0).astype(values.dtype)
+
+
+def _add_noise(widened, original, axis, layout, fresh, noise, rng) -> np.ndarray:
+    """Net2Net's symmetry-breaking noise on the copies' incoming weights (not exact)."""
+    mask_parts = []
+    for seg in layout.segments:
+        flags = fresh.get(seg.space) if seg.space is not None else None
+        mask_parts.append(np.zeros(seg.size, bool) if flags is None else np.repeat(flags, seg.block))
+    mask = np.concatenate(mask_parts)
+    scale = float(np.std(original.astype(np.float64))) * noise
+    moved = np.moveaxis(widened.astype(np.float64), axis, 0)
+    moved[mask] += rng.normal(0.0, scale, size=moved[mask].shape)
+    return np.moveaxis(moved, 0, axis).astype(widened.dtype)
