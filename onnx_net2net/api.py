@@ -65,7 +65,8 @@ def inspect(source: str | os.PathLike[str] | onnx.ModelProto) -> Inspection:
 
 
 def widen_model(source: str | os.PathLike[str] | onnx.ModelProto, targets: dict[str, int | float | str],
-                seed: int = 0, noise: float = 0.0, verify: bool = True, **verify_options) -> WidenResult:
+                seed: int = 0, noise: float = 0.0, verify: bool = True,
+                verify_options: dict | None = None) -> WidenResult:
     """Widen the named layers; verify against the original unless told not to."""
     loaded, graph, analysis = _prepare(source)
     before = parameter_count(graph)
@@ -75,7 +76,7 @@ def widen_model(source: str | os.PathLike[str] | onnx.ModelProto, targets: dict[
     result = WidenResult(model, [{"group": w.group.id, "targets": w.targets, "old": w.old, "new": w.new}
                                  for w in widenings], before, parameter_count(graph))
     if verify:
-        result.report = compare(loaded.model, model, **verify_options)
+        result.report = compare(loaded.model, model, **(verify_options or {}))
         if not result.report.passed and noise == 0.0:
             raise VerificationError("the widened model does not reproduce the original's outputs", result.report)
     return result
@@ -84,8 +85,9 @@ def widen_model(source: str | os.PathLike[str] | onnx.ModelProto, targets: dict[
 def widen(source: str | os.PathLike[str] | onnx.ModelProto, targets: dict[str, int | float | str],
           seed: int = 0, noise: float = 0.0, verify: bool = True, **verify_options) -> onnx.ModelProto:
     """Net2Wider: `targets` maps a layer (node, weight or module name, group id) to a width:
-    an int is absolute, a float or 'x1.5' a factor. Returns the widened ModelProto."""
-    return widen_model(source, targets, seed, noise, verify, **verify_options).model
+    an int is absolute, a float or 'x1.5' a factor. Returns the widened ModelProto; raises
+    VerificationError (with the report) when onnxruntime finds a mismatch."""
+    return widen_model(source, targets, seed, noise, verify, verify_options).model
 
 
 def verify(original: str | os.PathLike[str] | onnx.ModelProto, rewritten: str | os.PathLike[str] | onnx.ModelProto,

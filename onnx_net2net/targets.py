@@ -21,7 +21,7 @@ def module_names(name: str) -> set[str]:
         if len(parts) > 1:
             names.add(".".join(parts[:-1]))
             names.add("/".join(parts[:-1]))
-    for suffix in (".weight", ".bias", ".kernel", "/kernel", "/bias", ":0"):
+    for suffix in (".weight", ".bias", ".kernel", "/kernel", "/bias", ":0", "_w_0", "_b_0", "_w", "_b"):
         if name.endswith(suffix):
             names.add(name[: -len(suffix)])
     return names

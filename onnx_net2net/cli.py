@@ -1,0 +1,162 @@
+"""The command line: a thin shell over the library API, with exit codes 0 / 1 (mismatch) / 2 (input)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from . import api
+from .errors import Net2NetError, VerificationError
+from .io import check_output_path, load_model, save_model
+from .report import format_groups, format_report, format_widened
+from .verify import DEFAULT_DIM, DEFAULT_INT_RANGE, Report, compare, load_inputs
+
+
+class _Group(click.Group):
+    """Catches user errors in one place: one line on stderr, no traceback unless -v."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except Net2NetError as exc:
+            if ctx.obj and ctx.obj.get("verbose"):
+                raise
+            click.echo(f"error: {exc}", err=True)
+            if isinstance(exc, VerificationError) and exc.report is not None:
+                click.echo(format_report(exc.report), err=True)
+            ctx.exit(exc.exit_code)
+        except (click.exceptions.Exit, click.ClickException, click.Abort, SystemExit):
+            raise
+        except Exception as exc:  # a bug, not the user's fault: still one line unless -v
+            if ctx.obj and ctx.obj.get("verbose"):
+                raise
+            click.echo(f"internal error: {type(exc).__name__}: {exc} (run with -v for the traceback)", err=True)
+            ctx.exit(2)
+
+
+def _emit_json(document: dict) -> None:
+    click.echo(json.dumps(document, indent=2))
+
+
+def _parse_dims(values: tuple[str, ...]) -> dict[str, int]:
+    dims = {}
+    for value in values:
+        name, sep, number = value.partition("=")
+        if not sep or not number.strip().isdigit():
+            raise click.BadParameter(f"'{value}' is not NAME=VALUE with an integer VALUE", param_hint="--dim")
+        dims[name.strip()] = int(number)
+    return dims
+
+
+def _parse_range(value: str | None) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    try:
+        low, high = (int(v) for v in value.split(","))
+    except ValueError:
+        raise click.BadParameter(f"'{value}' is not LOW,HIGH", param_hint="--val-range") from None
+    if high <= low:
+        raise click.BadParameter("HIGH must be larger than LOW", param_hint="--val-range")
+    return low, high
+
+
+def verify_options(func):
+    """Options shared by every command that runs both models."""
+    options = [
+        click.option("--dim", "dims", multiple=True, metavar="NAME=VALUE",
+                     help=f"Size of a dynamic input dim (default {DEFAULT_DIM})."),
+        click.option("--inputs", "inputs_file", type=click.Path(dir_okay=False),
+                     help="Run on inputs from an .npz file instead of random ones."),
+        click.option("--val-range", metavar="LOW,HIGH",
+                     help=f"Range of random integer inputs (default {DEFAULT_INT_RANGE[0]},{DEFAULT_INT_RANGE[1]})."),
+        click.option("--atol", type=float, help="Absolute tolerance (default by dtype: float32 1e-5)."),
+        click.option("--rtol", type=float, help="Relative tolerance (default by dtype: float32 1e-5)."),
+        click.option("--input-seed", type=int, default=0, show_default=True, help="Seed of the random inputs."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _verify_kwargs(dims, inputs_file, val_range, atol, rtol, input_seed) -> dict:
+    return {"feeds": load_inputs(inputs_file) if inputs_file else None, "dims": _parse_dims(dims),
+            "int_range": _parse_range(val_range), "atol": atol, "rtol": rtol, "seed": input_seed}
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", is_flag=True, help="Show tracebacks for errors.")
+@click.version_option(package_name="onnx-net2net")
+@click.pass_context
+def main(ctx: click.Context, verbose: bool) -> None:
+    """Grow trained ONNX networks without changing what they compute (Net2Net)."""
+    ctx.obj = {"verbose": verbose}
+
+
+@main.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+def inspect(model: str, as_json: bool) -> None:
+    """List the width groups of MODEL: width, members, widenable or why not."""
+    result = api.inspect(model)
+    if as_json:
+        _emit_json(result.to_json())
+    else:
+        click.echo(format_groups(result), err=True)
+
+
+@main.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.argument("targets", nargs=-1, required=True, metavar="TARGET=WIDTH...")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Where to write the wider model.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random unit mapping.")
+@click.option("--noise", type=float, default=0.0, show_default=True,
+              help="Std of noise added to the copied units' incoming weights, relative to the weights' std. "
+                   "Breaks symmetry for training; NOT exactly function-preserving (verification is reported, "
+                   "not enforced).")
+@click.option("--no-verify", is_flag=True, help="Skip the onnxruntime comparison.")
+@click.option("--force", is_flag=True, help="Overwrite OUTPUT if it exists.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+@verify_options
+def widen(model, targets, output, seed, noise, no_verify, force, as_json, **verify) -> None:
+    """Widen layers of MODEL: TARGET is a node, weight or module name or a group id; WIDTH is
+    an absolute size (96) or a factor (x1.5)."""
+    requests = {}
+    for item in targets:
+        name, sep, width = item.rpartition("=")
+        if not sep or not name or not width:
+            raise Net2NetError(f"'{item}' is not TARGET=WIDTH (e.g. conv2=96 or fc1=x1.5)")
+        requests[name] = width
+    loaded = load_model(model)
+    out = check_output_path(output, [loaded.path], force)
+    result = api.widen_model(loaded.model, requests, seed=seed, noise=noise, verify=not no_verify,
+                             verify_options=_verify_kwargs(**verify))
+    save_model(result.model, out, external_data=loaded.external_data)
+    if as_json:
+        _emit_json({"schema": 1, "model": model, "output": str(out), "widened": result.widened,
+                    "parameters": {"before": result.parameters_before, "after": result.parameters_after},
+                    "verification": result.report.to_json() if result.report else None})
+    else:
+        click.echo(format_widened(result, str(out)), err=True)
+
+
+@main.command()
+@click.argument("original", type=click.Path(dir_okay=False))
+@click.argument("rewritten", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+@verify_options
+def verify(original, rewritten, as_json, **options) -> None:
+    """Run ORIGINAL and REWRITTEN in onnxruntime on the same inputs; exit 1 on mismatch."""
+    report: Report = compare(load_model(original).model, load_model(rewritten).model, **_verify_kwargs(**options))
+    if as_json:
+        _emit_json(report.to_json())
+    else:
+        click.echo(format_report(report), err=True)
+    if not report.passed:
+        sys.exit(1)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

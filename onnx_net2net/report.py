@@ -1,0 +1,47 @@
+"""Human-readable text for the CLI: group tables and verification summaries."""
+
+from __future__ import annotations
+
+from .verify import Report
+
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
+    line = lambda r: "  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip()  # noqa: E731
+    return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
+
+
+def _short(names: list[str], limit: int = 3) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f" (+{len(names) - limit})" if len(names) > limit else "")
+
+
+def format_groups(inspection) -> str:
+    groups = inspection.groups
+    rows = [[g["id"], g["width"], "yes" if g["widenable"] else "no", _short(g["producers"]),
+             len(g["consumers"]), g["reason"] or ""] for g in groups]
+    widenable = sum(g["widenable"] for g in groups)
+    head = (f"{inspection.model}: {inspection.parameters:,} parameters, {len(groups)} width groups, "
+            f"{widenable} widenable")
+    return head + "\n" + _table(rows, ["group", "width", "widen", "producers", "consumers", "blocked by"])
+
+
+def format_report(report: Report) -> str:
+    rows = [[c.name, c.dtype, "x".join(map(str, c.shape)) or "scalar", f"{c.max_abs:.3g}", f"{c.max_rel:.3g}",
+             f"{c.atol:g}/{c.rtol:g}", "ok" if c.passed else f"MISMATCH{': ' + c.problem if c.problem else ''}"]
+            for c in report.outputs]
+    text = _table(rows, ["output", "dtype", "shape", "max abs", "max rel", "atol/rtol", "result"])
+    notes = "".join(f"\nnote: {n}" for n in report.notes)
+    verdict = "verified: outputs match" if report.passed else "verification FAILED"
+    return f"{text}{notes}\n{verdict}"
+
+
+def format_widened(result, output: str) -> str:
+    lines = [f"{w['group']}: {w['old']} -> {w['new']} units ({', '.join(w['targets'])})" for w in result.widened]
+    lines.append(f"parameters: {result.parameters_before:,} -> {result.parameters_after:,}")
+    if result.report is not None:
+        lines.append(format_report(result.report))
+    else:
+        lines.append("not verified (--no-verify)")
+    lines.append(f"wrote {output}")
+    return "\n".join(lines)

@@ -1,0 +1,92 @@
+"""Groups that must not widen say exactly why; bad requests fail with one clear error."""
+
+from __future__ import annotations
+
+import pytest
+
+import onnx_net2net as n2n
+from helpers import build, group_of
+
+HEAD = '<ir_version: 8, opset_import: ["" : 17]>'
+
+
+def _conv_then(op_lines: str, out: str = "float[1, 2, 4, 4] y", extra: dict | None = None, inputs: str = ""):
+    return build(HEAD + f"""
+    g (float[1, 3, 4, 4] x{inputs}) => ({out}) {{
+        a = Conv(x, Wa)
+        {op_lines}
+    }}""", {"Wa": (6, 3, 1, 1), **(extra or {})})
+
+
+CASES = {
+    "lrn": ("l = LRN<size=3>(a)\n        y = Conv(l, Wc)", None, "LRN): normalizes across neighbouring channels"),
+    "softmax": ("s = Softmax<axis=1>(a)\n        y = Conv(s, Wc)", None, "Softmax): normalizes over the unit axis"),
+    "reduce": ("r = ReduceSum<keepdims=1>(a, axes)\n        y = Mul(r, x)",
+               "float[1, 3, 4, 4] y", "ReduceSum): reduces over the unit axis"),
+    "graph_output": ("y = Relu(a)", "float[1, 6, 4, 4] y", "'y' is a graph output; widening would change"),
+    "graph_input_join": ("s = Add(a, z)\n        y = Conv(s, Wc)", None, "joins graph input 'z'"),
+    "split": ("sizes = Constant<value=int64[2] {3, 3}>()\n        p, q = Split<axis=1>(a, sizes)\n        y = Conv(p, Wc2)", None, "Split): splits the unit axis"),
+    "unknown_op": ("d = DepthToSpace<blocksize=1>(a)\n        y = Conv(d, Wc)", None, "no rule for op DepthToSpace"),
+    "custom_domain": ("d = com.acme.Frobnicate(a)\n        y = Conv(d, Wc)", None,
+                      "no rule for op Frobnicate (domain 'com.acme')"),
+    "layernorm": ("t = Transpose<perm=[0, 2, 3, 1]>(a)\n        n = LayerNormalization<axis=-1>(t, ln_s, ln_b)\n"
+                  "        y0 = Transpose<perm=[0, 3, 1, 2]>(n)\n        y = Conv(y0, Wc)", None,
+                  "LayerNormalization): normalizes over the unit axis"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_blocked_group_names_node_op_and_reason(case):
+    lines, out, reason = CASES[case]
+    extra = {"Wc": (2, 6, 1, 1), "Wc2": (2, 3, 1, 1), "axes": __import__("numpy").array([1]),
+             "ln_s": (6,), "ln_b": (6,)}
+    inputs = ", float[1, 6, 4, 4] z" if case == "graph_input_join" else ""
+    text_out = out or "float[1, 2, 4, 4] y"
+    model = build(HEAD.replace('"" : 17', '"" : 18, "com.acme" : 1') + f"""
+    g (float[1, 3, 4, 4] x{inputs}) => ({text_out}) {{
+        a = Conv(x, Wa)
+        {lines}
+    }}""", {"Wa": (6, 3, 1, 1), **{k: v for k, v in extra.items() if k in lines}}) if case == "custom_domain" else \
+        _conv_then(lines, text_out, {k: v for k, v in extra.items() if k in lines}, inputs)
+    group = group_of(model, "Conv->a")
+    assert not group["widenable"]
+    assert reason in group["reason"]
+    with pytest.raises(n2n.Net2NetError, match="cannot be widened") as info:
+        n2n.widen(model, {"Wa": 12})
+    assert reason in str(info.value)
+
+
+def _mlp():
+    return build(HEAD + """
+    g (float[2, 4] x) => (float[2, 3] y) {
+        h = MatMul(x, W1)
+        r = Relu(h)
+        y = MatMul(r, W2)
+    }""", {"W1": (4, 5), "W2": (5, 3)})
+
+
+@pytest.mark.parametrize("targets,message", [
+    ({"W9": 8}, "unknown target 'W9'.*did you mean: .*W1"),
+    ({"W1": 5}, "new width 5 is not larger than the current width 5"),
+    ({"W1": "x0.5"}, "new width 3 is not larger"),
+    ({"W1": "wide"}, "neither a number"),
+    ({"W2": 8}, "cannot be widened: .*graph output"),
+    ({"W1": 8, "g0": 9}, "same group g0 but ask for different widths"),
+])
+def test_bad_requests(targets, message):
+    with pytest.raises(n2n.Net2NetError, match=message):
+        n2n.widen(_mlp(), targets)
+
+
+def test_agreeing_targets_in_one_group_are_fine():
+    wide = n2n.widen(_mlp(), {"W1": 8, "g0": "8"})
+    assert sorted(list(t.dims) for t in wide.graph.initializer) == [[4, 8], [8, 3]]
+
+
+def test_non_constant_weights_block():
+    model = build(HEAD + """
+    g (float[2, 4] x, float[5, 3] w) => (float[2, 3] y) {
+        h = MatMul(x, W1)
+        y = MatMul(h, w)
+    }""", {"W1": (4, 5)})
+    assert "MatMul between two activations" in group_of(model, "MatMul->h")["reason"]
