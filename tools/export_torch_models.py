@@ -14,13 +14,22 @@ Each model is written twice: `models/torch_<name>.onnx` by the legacy TorchScrip
 exporter (dynamo=True). Everything is seeded, models are in eval mode and every BatchNorm gets
 non-trivial running statistics and affine parameters, so no BatchNorm is an identity.
 Inputs have a dynamic leading axis named "batch" (and "seq" for gelu_mlp).
+
+Both exporters fold an eval-mode BatchNorm into the preceding Conv by default (the legacy
+exporter's eval peephole pass, the dynamo exporter's onnxscript fuse-batchnorm rewrite), which
+would leave no BatchNormalization node to test. So the legacy export uses
+training=TrainingMode.PRESERVE (the model stays in eval mode; constant folding still runs), and
+the dynamo export runs torch's usual onnxscript optimization with only the BatchNorm-fusion
+rules taken out. `--exporter-defaults` writes the exporters' untouched default output instead.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import traceback
+import warnings
 from pathlib import Path
 
 import torch
@@ -258,25 +267,47 @@ def build(name: str) -> tuple[nn.Module, torch.Tensor]:
     return model, torch.randn(*shape)
 
 
-def export_legacy(name: str, path: Path) -> None:
+def export_legacy(name: str, path: Path, keep_bn: bool = True) -> None:
     model, x = build(name)
     axes = MODELS[name][2]
-    torch.onnx.export(
-        model, (x,), str(path), dynamo=False, opset_version=OPSET,
-        input_names=["x"], output_names=["y"],
-        dynamic_axes={"x": axes, "y": {0: "batch"}},
-        do_constant_folding=True,
-    )
+    # PRESERVE (with the model in eval mode) skips the eval peephole pass that folds BN into Conv.
+    training = torch.onnx.TrainingMode.PRESERVE if keep_bn else torch.onnx.TrainingMode.EVAL
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # legacy-exporter deprecation, constant folding + PRESERVE
+        torch.onnx.export(
+            model, (x,), str(path), dynamo=False, opset_version=OPSET,
+            input_names=["x"], output_names=["y"],
+            dynamic_axes={"x": axes, "y": {0: "batch"}},
+            training=training, do_constant_folding=True,
+        )
 
 
-def export_dynamo(name: str, path: Path) -> None:
+@contextlib.contextmanager
+def _without_bn_fusion():
+    """Drop onnxscript's fuse-BatchNorm-into-Conv/Gemm rules from its default rewrite rules."""
+    import onnxscript.rewriter as rewriter
+    from onnxscript.rewriter.rules.common import _fuse_batchnorm
+
+    saved = rewriter._DEFAULT_REWRITE_RULES
+    fusion = {id(rule) for rule in _fuse_batchnorm.rules}
+    rewriter._DEFAULT_REWRITE_RULES = tuple(r for r in saved if id(r) not in fusion)
+    try:
+        yield
+    finally:
+        rewriter._DEFAULT_REWRITE_RULES = saved
+
+
+def export_dynamo(name: str, path: Path, keep_bn: bool = True) -> None:
     model, x = build(name)
     axes = MODELS[name][2]
     dims = {i: torch.export.Dim(label) for i, label in axes.items()}
     program = torch.onnx.export(
         model, (x,), dynamo=True, input_names=["x"], output_names=["y"],
-        dynamic_shapes={"x": dims}, external_data=False, verbose=False,
+        dynamic_shapes={"x": dims}, optimize=not keep_bn, verbose=False,
     )
+    if keep_bn:
+        with _without_bn_fusion():
+            program.optimize()  # what optimize=True would have run, minus the BN fusion
     program.save(str(path), external_data=False)
 
 
@@ -284,6 +315,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("names", nargs="*", default=list(MODELS), help="models to export")
     parser.add_argument("--no-dynamo", action="store_true", help="skip the dynamo exports")
+    parser.add_argument("--exporter-defaults", action="store_true",
+                        help="keep each exporter's default BatchNorm folding (no BN nodes left)")
     args = parser.parse_args(argv)
     OUT_DIR.mkdir(exist_ok=True)
     failures = []
@@ -293,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
             jobs.append(("dynamo", export_dynamo, OUT_DIR / f"torch_{name}_dynamo.onnx"))
         for kind, export, path in jobs:
             try:
-                export(name, path)
+                export(name, path, keep_bn=not args.exporter_defaults)
                 print(f"wrote {path.relative_to(ROOT)} ({path.stat().st_size} bytes)")
             except Exception:  # keep going: one exporter failing should not stop the rest
                 traceback.print_exc()
