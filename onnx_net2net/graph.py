@@ -213,15 +213,16 @@ def export_model(graph: gs.Graph, original: onnx.ModelProto) -> onnx.ModelProto:
     IR < 4 models declare every initializer as a graph input; onnx-graphsurgeon drops those,
     so they are restored (in their original order, with their new shapes).
     """
-    exported = gs.export_onnx(graph, do_type_check=False)
-    model = onnx.ModelProto()
+    model = gs.export_onnx(graph, do_type_check=False)
     model.ir_version = original.ir_version
+    del model.opset_import[:]
     model.opset_import.extend(original.opset_import)
     for field in ("producer_name", "producer_version", "domain", "model_version", "doc_string"):
         setattr(model, field, getattr(original, field))
+    del model.metadata_props[:]
     model.metadata_props.extend(original.metadata_props)
+    del model.functions[:]
     model.functions.extend(original.functions)
-    model.graph.CopyFrom(exported.graph)
     if original.ir_version < 4:
         _restore_initializer_inputs(model, original)
     return model

@@ -124,16 +124,23 @@ def compare(original: onnx.ModelProto, rewritten: onnx.ModelProto, feeds: dict[s
     if missing:
         raise Net2NetError(f"inputs missing for {', '.join(missing)}")
     run_feeds = {k: v for k, v in feeds.items() if k in {vi.name for vi in _runtime_inputs(original)}}
-    try:
-        expected = _session(original).run(None, run_feeds)
-        actual = _session(rewritten).run(None, run_feeds)
-    except Net2NetError:
-        raise
-    except Exception as exc:
-        raise Net2NetError(f"onnxruntime failed to run: {str(exc).splitlines()[0]}") from exc
-    checks = [_check(name, e, a, atol, rtol) for name, e, a in zip(expected_names, expected, actual)]
+    checks = compare_outputs(expected_names, run(original, run_feeds), run(rewritten, run_feeds), atol, rtol)
     inputs = {k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in run_feeds.items()}
     return Report(all(c.passed for c in checks), checks, inputs, notes)
+
+
+def run(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """Outputs of one onnxruntime CPU run with graph optimizations off (nothing fused or reordered)."""
+    session = _session(model)
+    try:
+        return session.run(None, feeds)
+    except Exception as exc:
+        raise Net2NetError(f"onnxruntime failed to run: {str(exc).strip().splitlines()[0]}") from exc
+
+
+def compare_outputs(names: list[str], expected: list[np.ndarray], actual: list[np.ndarray],
+                    atol: float | None = None, rtol: float | None = None) -> list[OutputCheck]:
+    return [_check(name, e, a, atol, rtol) for name, e, a in zip(names, expected, actual)]
 
 
 def _check(name: str, expected: np.ndarray, actual: np.ndarray, atol: float | None, rtol: float | None) -> OutputCheck:
