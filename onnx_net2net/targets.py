@@ -32,6 +32,12 @@ def aliases(node: gs.Node) -> tuple[set[str], set[str]]:
     exact = {node.name} if node.name else set()
     exact.update(t.name for t in node.outputs[:1])
     exact.update(t.name for t in node.inputs[1:] if isinstance(t, gs.Constant))
+    # MatMul + Add as exporters emit Linear layers: the bias often keeps the module's name
+    # ('fc1.bias') while the transposed weight gets a generated one.
+    if node.op == "MatMul" and node.outputs and len(node.outputs[0].outputs) == 1:
+        follower = node.outputs[0].outputs[0]
+        if follower.op == "Add":
+            exact.update(t.name for t in follower.inputs if isinstance(t, gs.Constant))
     derived: set[str] = set()
     for name in exact:
         derived |= module_names(name)
