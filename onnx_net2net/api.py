@@ -11,12 +11,10 @@ import onnx_graphsurgeon as gs
 
 from . import graph as G
 from . import widen as W
-from .errors import VerificationError
+from .errors import Net2NetError, VerificationError
 from .groups import Analysis, analyze
 from .io import LoadedModel, load_model
 from .verify import Report, compare
-
-Source = "str | os.PathLike[str] | onnx.ModelProto"
 
 
 @dataclass
@@ -66,15 +64,20 @@ def inspect(source: str | os.PathLike[str] | onnx.ModelProto) -> Inspection:
 
 def widen_model(source: str | os.PathLike[str] | onnx.ModelProto, targets: dict[str, int | float | str],
                 seed: int = 0, noise: float = 0.0, verify: bool = True,
-                verify_options: dict | None = None) -> WidenResult:
-    """Widen the named layers; verify against the original unless told not to."""
+                verify_options: dict | None = None, widen_all: int | float | str | None = None) -> WidenResult:
+    """Widen the named layers (and with `widen_all`, every widenable group by that factor);
+    verify against the original unless told not to."""
     loaded, graph, analysis = _prepare(source)
     before = parameter_count(graph)
-    widenings = W.resolve(analysis, targets)
+    widenings = W.resolve(analysis, targets, widen_all)
+    if not widenings:
+        raise Net2NetError("nothing to widen: no target given and no widenable group")
     W.apply(graph, analysis, widenings, seed=seed, noise=noise)
     model = G.export_model(graph, loaded.model)
     result = WidenResult(model, [{"group": w.group.id, "targets": w.targets, "old": w.old, "new": w.new}
-                                 for w in widenings], before, parameter_count(graph))
+                                 for w in widenings], before, parameter_count(graph),
+                         blocked=[{"group": g.id, "width": g.width, "reason": g.reason}
+                                  for g in analysis.groups if not g.widenable])
     if verify:
         result.report = compare(loaded.model, model, **(verify_options or {}))
         if not result.report.passed and noise == 0.0:
@@ -82,12 +85,13 @@ def widen_model(source: str | os.PathLike[str] | onnx.ModelProto, targets: dict[
     return result
 
 
-def widen(source: str | os.PathLike[str] | onnx.ModelProto, targets: dict[str, int | float | str],
-          seed: int = 0, noise: float = 0.0, verify: bool = True, **verify_options) -> onnx.ModelProto:
+def widen(source: str | os.PathLike[str] | onnx.ModelProto, targets: dict[str, int | float | str] | None = None,
+          seed: int = 0, noise: float = 0.0, verify: bool = True, widen_all: int | float | str | None = None,
+          **verify_options) -> onnx.ModelProto:
     """Net2Wider: `targets` maps a layer (node, weight or module name, group id) to a width:
     an int is absolute, a float or 'x1.5' a factor. Returns the widened ModelProto; raises
     VerificationError (with the report) when onnxruntime finds a mismatch."""
-    return widen_model(source, targets, seed, noise, verify, verify_options).model
+    return widen_model(source, targets or {}, seed, noise, verify, verify_options, widen_all).model
 
 
 def verify(original: str | os.PathLike[str] | onnx.ModelProto, rewritten: str | os.PathLike[str] | onnx.ModelProto,

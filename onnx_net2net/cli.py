@@ -109,7 +109,8 @@ def inspect(model: str, as_json: bool) -> None:
 
 @main.command()
 @click.argument("model", type=click.Path(dir_okay=False))
-@click.argument("targets", nargs=-1, required=True, metavar="TARGET=WIDTH...")
+@click.argument("targets", nargs=-1, metavar="TARGET=WIDTH...")
+@click.option("--all", "widen_all", metavar="xF", help="Also widen every other widenable group by factor F.")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Where to write the wider model.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random unit mapping.")
 @click.option("--noise", type=float, default=0.0, show_default=True,
@@ -120,9 +121,11 @@ def inspect(model: str, as_json: bool) -> None:
 @click.option("--force", is_flag=True, help="Overwrite OUTPUT if it exists.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
 @verify_options
-def widen(model, targets, output, seed, noise, no_verify, force, as_json, **verify) -> None:
+def widen(model, targets, widen_all, output, seed, noise, no_verify, force, as_json, **verify) -> None:
     """Widen layers of MODEL: TARGET is a node, weight or module name or a group id; WIDTH is
     an absolute size (96) or a factor (x1.5)."""
+    if not targets and widen_all is None:
+        raise Net2NetError("nothing to widen: give TARGET=WIDTH arguments or --all xF")
     requests = {}
     for item in targets:
         name, sep, width = item.rpartition("=")
@@ -132,10 +135,11 @@ def widen(model, targets, output, seed, noise, no_verify, force, as_json, **veri
     loaded = load_model(model)
     out = check_output_path(output, [loaded.path], force)
     result = api.widen_model(loaded.model, requests, seed=seed, noise=noise, verify=not no_verify,
-                             verify_options=_verify_kwargs(**verify))
+                             verify_options=_verify_kwargs(**verify), widen_all=widen_all)
     save_model(result.model, out, external_data=loaded.external_data)
     if as_json:
         _emit_json({"schema": 1, "model": model, "output": str(out), "widened": result.widened,
+                    "blocked": result.blocked,
                     "parameters": {"before": result.parameters_before, "after": result.parameters_after},
                     "verification": result.report.to_json() if result.report else None})
     else:

@@ -213,19 +213,45 @@ def export_model(graph: gs.Graph, original: onnx.ModelProto) -> onnx.ModelProto:
     IR < 4 models declare every initializer as a graph input; onnx-graphsurgeon drops those,
     so they are restored (in their original order, with their new shapes).
     """
-    model = gs.export_onnx(graph, do_type_check=False)
+    # Assembled field by field rather than with gs.export_onnx: make_graph and make_model
+    # each copy every initializer, which doubles the cost on models with large weights.
+    model = onnx.ModelProto()
     model.ir_version = original.ir_version
-    del model.opset_import[:]
     model.opset_import.extend(original.opset_import)
     for field in ("producer_name", "producer_version", "domain", "model_version", "doc_string"):
         setattr(model, field, getattr(original, field))
-    del model.metadata_props[:]
     model.metadata_props.extend(original.metadata_props)
-    del model.functions[:]
     model.functions.extend(original.functions)
+    out = model.graph
+    out.name, out.doc_string = original.graph.name, original.graph.doc_string
+    out.node.extend(OnnxExporter.export_node(node) for node in graph.nodes)
+    out.input.extend(OnnxExporter.export_value_info_proto(t, do_type_check=False) for t in graph.inputs)
+    out.output.extend(OnnxExporter.export_value_info_proto(t, do_type_check=False) for t in graph.outputs)
+    interface = {t.name for t in graph.inputs + graph.outputs}
+    tensors = [t for t in graph.tensors().values() if t.name not in interface]
+    for tensor in tensors:
+        if isinstance(tensor, gs.Constant):
+            _export_initializer(out, tensor)
+    out.value_info.extend(OnnxExporter.export_value_info_proto(t, do_type_check=False) for t in tensors
+                          if isinstance(t, gs.Variable) and (t.dtype is not None or t.shape is not None))
     if original.ir_version < 4:
         _restore_initializer_inputs(model, original)
     return model
+
+
+def _export_initializer(out: onnx.GraphProto, tensor: gs.Constant) -> None:
+    """Untouched weights are copied once from the loaded proto; rewritten ones are written
+    straight into the new graph rather than built aside and copied in."""
+    if isinstance(tensor._values, gs.ir.tensor.LazyValues) or not isinstance(tensor.values, np.ndarray) \
+            or tensor.values.dtype.kind not in "fiub":
+        out.initializer.append(OnnxExporter.export_tensor_proto(tensor))
+        return
+    values = np.ascontiguousarray(tensor.values)
+    proto = out.initializer.add()
+    proto.name = tensor.name
+    proto.data_type = helper.np_dtype_to_tensor_dtype(values.dtype)
+    proto.dims.extend(values.shape)
+    proto.raw_data = values.astype(values.dtype.newbyteorder("<"), copy=False).tobytes()
 
 
 def _restore_initializer_inputs(model: onnx.ModelProto, original: onnx.ModelProto) -> None:

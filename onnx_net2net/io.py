@@ -12,8 +12,6 @@ from onnx.external_data_helper import uses_external_data
 
 from .errors import Net2NetError
 
-ModelSource = "str | os.PathLike[str] | onnx.ModelProto"
-
 # Protobuf cannot serialize a message of 2 GiB or more; such models must keep weights external.
 _PROTOBUF_LIMIT = 2**31 - 1
 
@@ -69,7 +67,7 @@ def save_model(model: onnx.ModelProto, output: str | os.PathLike[str], external_
     """Write atomically (temporary file, then rename); weights go external when asked or too large."""
     out = Path(output)
     out.parent.mkdir(parents=True, exist_ok=True)
-    if not external_data and model.ByteSize() > _PROTOBUF_LIMIT:
+    if not external_data and _weights_size(model) > _PROTOBUF_LIMIT:
         external_data = True
     fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
     os.close(fd)
@@ -95,6 +93,19 @@ def save_model(model: onnx.ModelProto, output: str | os.PathLike[str], external_
         tmp.unlink(missing_ok=True)
         tmp_data.unlink(missing_ok=True)
         raise
+
+
+def _weights_size(model: onnx.ModelProto) -> int:
+    """Bytes of raw weights: a cheap stand-in for ByteSize(), which walks the whole message."""
+    total = 0
+    for tensor in model.graph.initializer:
+        if tensor.data_type in (onnx.TensorProto.STRING, onnx.TensorProto.UNDEFINED):
+            continue
+        count = 1
+        for d in tensor.dims:
+            count *= d
+        total += count * onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+    return total
 
 
 def _external_tensors(model: onnx.ModelProto) -> list[onnx.TensorProto]:

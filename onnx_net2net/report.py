@@ -38,6 +38,8 @@ def format_report(report: Report) -> str:
 
 def format_widened(result, output: str) -> str:
     lines = [f"{w['group']}: {w['old']} -> {w['new']} units ({', '.join(w['targets'])})" for w in result.widened]
+    if result.blocked:
+        lines.append(f"not widenable: {', '.join(b['group'] for b in result.blocked)} (see inspect for reasons)")
     lines.append(f"parameters: {result.parameters_before:,} -> {result.parameters_after:,}")
     if result.report is not None:
         lines.append(format_report(result.report))

@@ -24,8 +24,13 @@ class Widening:
     targets: list[str]
 
 
-def resolve(analysis: Analysis, requests: dict[str, int | float | str]) -> list[Widening]:
-    """Map user targets (node, weight or module name, group id) to groups and new widths."""
+def resolve(analysis: Analysis, requests: dict[str, int | float | str],
+            widen_all: int | float | str | None = None) -> list[Widening]:
+    """Map user targets (node, weight or module name, group id) to groups and new widths.
+
+    `widen_all` (a factor) also widens every other widenable group; widths of grouped-conv
+    groups are rounded to the nearest multiple of their group count.
+    """
     by_name: dict[str, set[int]] = {}
     derived: dict[str, set[int]] = {}
     groups = {g.root: g for g in analysis.groups}
@@ -64,7 +69,21 @@ def resolve(analysis: Analysis, requests: dict[str, int | float | str]) -> list[
             previous.targets.append(target)
         else:
             chosen[group.root] = Widening(group, group.width, width, [target])
-    return list(chosen.values())
+    if widen_all is not None:
+        for group in analysis.groups:
+            if group.root in chosen or not group.widenable:
+                continue
+            width = parse_width(widen_all, group.width, "--all") if group.partitions == 1 else \
+                _grouped_width(widen_all, group)
+            if width > group.width:
+                chosen[group.root] = Widening(group, group.width, width, ["all"])
+    return sorted(chosen.values(), key=lambda w: int(w.group.id[1:]))
+
+
+def _grouped_width(spec: int | float | str, group: Group) -> int:
+    wanted = parse_width(spec, group.width, "--all")
+    parts = group.partitions
+    return max(parts * round(wanted / parts), group.width)
 
 
 def make_mapping(old: int, new: int, partitions: int, rng: np.random.Generator) -> tuple[Mapping, np.ndarray]:
