@@ -9,6 +9,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
+from . import deepen as D
 from . import graph as G
 from . import widen as W
 from .errors import Net2NetError, VerificationError
@@ -24,9 +25,11 @@ class Inspection:
     model: str
     parameters: int
     groups: list[dict]
+    deepen: list[dict] = field(default_factory=list)
 
     def to_json(self) -> dict:
-        return {"schema": 1, "model": self.model, "parameters": self.parameters, "groups": self.groups}
+        return {"schema": 1, "model": self.model, "parameters": self.parameters, "groups": self.groups,
+                "deepen": self.deepen}
 
 
 @dataclass
@@ -59,7 +62,8 @@ def inspect(source: str | os.PathLike[str] | onnx.ModelProto) -> Inspection:
     """Width groups of a model: width, members, and why a group cannot widen."""
     loaded, graph, analysis = _prepare(source)
     name = str(loaded.path) if loaded.path else (loaded.model.graph.name or "<ModelProto>")
-    return Inspection(name, parameter_count(graph), [_group_json(g) for g in analysis.groups])
+    return Inspection(name, parameter_count(graph), [_group_json(g) for g in analysis.groups],
+                      D.deepen_points(graph))
 
 
 def widen_model(source: str | os.PathLike[str] | onnx.ModelProto, targets: dict[str, int | float | str],
@@ -98,3 +102,45 @@ def verify(original: str | os.PathLike[str] | onnx.ModelProto, rewritten: str | 
            **options) -> Report:
     """Compare two models' outputs in onnxruntime on the same seeded (or given) inputs."""
     return compare(load_model(original).model, load_model(rewritten).model, **options)
+
+
+@dataclass
+class DeepenResult:
+    model: onnx.ModelProto
+    inserted: list[dict]
+    parameters_before: int
+    parameters_after: int
+    report: Report | None = None
+
+
+def deepen_model(source: str | os.PathLike[str] | onnx.ModelProto, targets: list[str], kernel: int | None = None,
+                 residual: bool = False, batch_norm: bool = True, seed: int = 0, verify: bool = True,
+                 verify_options: dict | None = None) -> DeepenResult:
+    """Insert an identity layer (or a zero-initialized residual block) after each target."""
+    if isinstance(targets, str):
+        targets = [targets]
+    if not targets:
+        raise Net2NetError("nothing to deepen: give at least one target layer")
+    loaded = load_model(source)
+    graph = G.import_model(loaded.model)
+    before = parameter_count(graph)
+    rng = np.random.default_rng(seed)
+    layers = [(t, D.find_layer(graph, t)) for t in targets]
+    inserted = [D.insert(graph, t, layer, kernel, residual, batch_norm, rng) for t, layer in layers]
+    G.infer_shapes(graph)
+    model = G.export_model(graph, loaded.model)
+    result = DeepenResult(model, [vars(i) for i in inserted], before, parameter_count(graph))
+    if verify:
+        result.report = compare(loaded.model, model, **(verify_options or {}))
+        if not result.report.passed:
+            raise VerificationError("the deepened model does not reproduce the original's outputs", result.report)
+    return result
+
+
+def deepen(source: str | os.PathLike[str] | onnx.ModelProto, targets: list[str] | str, kernel: int | None = None,
+           residual: bool = False, batch_norm: bool = True, seed: int = 0, verify: bool = True,
+           **verify_options) -> onnx.ModelProto:
+    """Net2Deeper: after each target layer's tail (bias, BatchNorm, activation) insert an identity
+    layer, exact when the activation is idempotent (ReLU, Clip); `residual=True` inserts
+    x + W2 f(W1 x) with W2 = 0 instead, exact for any activation. Returns the ModelProto."""
+    return deepen_model(source, targets, kernel, residual, batch_norm, seed, verify, verify_options).model

@@ -11,7 +11,7 @@ import click
 from . import api
 from .errors import Net2NetError, VerificationError
 from .io import check_output_path, load_model, save_model
-from .report import format_groups, format_report, format_widened
+from .report import format_deepened, format_groups, format_report, format_widened
 from .verify import DEFAULT_DIM, DEFAULT_INT_RANGE, Report, compare, load_inputs
 
 
@@ -144,6 +144,35 @@ def widen(model, targets, widen_all, output, seed, noise, no_verify, force, as_j
                     "verification": result.report.to_json() if result.report else None})
     else:
         click.echo(format_widened(result, str(out)), err=True)
+
+
+@main.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.argument("targets", nargs=-1, required=True, metavar="TARGET...")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Where to write the deeper model.")
+@click.option("--kernel", type=int, help="Odd kernel size of inserted convs (default: the target's when odd, else 3).")
+@click.option("--residual", is_flag=True,
+              help="Insert x + W2 f(W1 x) with W2 = 0 (exact for any activation, trainable from step one).")
+@click.option("--no-bn", is_flag=True, help="Do not give the new layer an identity BatchNorm when the target has one.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the residual block's W1.")
+@click.option("--no-verify", is_flag=True, help="Skip the onnxruntime comparison.")
+@click.option("--force", is_flag=True, help="Overwrite OUTPUT if it exists.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+@verify_options
+def deepen(model, targets, output, kernel, residual, no_bn, seed, no_verify, force, as_json, **verify) -> None:
+    """Insert an identity-initialized layer after each TARGET's tail (bias, BatchNorm,
+    activation); TARGET is a node, weight or module name."""
+    loaded = load_model(model)
+    out = check_output_path(output, [loaded.path], force)
+    result = api.deepen_model(loaded.model, list(targets), kernel=kernel, residual=residual, batch_norm=not no_bn,
+                              seed=seed, verify=not no_verify, verify_options=_verify_kwargs(**verify))
+    save_model(result.model, out, external_data=loaded.external_data)
+    if as_json:
+        _emit_json({"schema": 1, "model": model, "output": str(out), "inserted": result.inserted,
+                    "parameters": {"before": result.parameters_before, "after": result.parameters_after},
+                    "verification": result.report.to_json() if result.report else None})
+    else:
+        click.echo(format_deepened(result, str(out)), err=True)
 
 
 @main.command()

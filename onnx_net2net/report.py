@@ -23,7 +23,14 @@ def format_groups(inspection) -> str:
     widenable = sum(g["widenable"] for g in groups)
     head = (f"{inspection.model}: {inspection.parameters:,} parameters, {len(groups)} width groups, "
             f"{widenable} widenable")
-    return head + "\n" + _table(rows, ["group", "width", "widen", "producers", "consumers", "blocked by"])
+    text = head + "\n" + _table(rows, ["group", "width", "widen", "producers", "consumers", "blocked by"])
+    if inspection.deepen:
+        points = [[p["target"], p["op"], p["activation"] or "-", "yes" if p["exact"] else "residual only",
+                   p["reason"] or ""] for p in inspection.deepen]
+        exact = sum(p["exact"] for p in inspection.deepen)
+        text += (f"\n\ndeepen points: {len(points)}, {exact} exact with an identity layer "
+                 f"(all with --residual)\n" + _table(points, ["target", "op", "activation", "deepen", "why not"]))
+    return text
 
 
 def format_report(report: Report) -> str:
@@ -38,12 +45,20 @@ def format_report(report: Report) -> str:
 
 def format_widened(result, output: str) -> str:
     lines = [f"{w['group']}: {w['old']} -> {w['new']} units ({', '.join(w['targets'])})" for w in result.widened]
-    if result.blocked:
+    if result.blocked and any("all" in w["targets"] for w in result.widened):
         lines.append(f"not widenable: {', '.join(b['group'] for b in result.blocked)} (see inspect for reasons)")
     lines.append(f"parameters: {result.parameters_before:,} -> {result.parameters_after:,}")
     if result.report is not None:
         lines.append(format_report(result.report))
     else:
         lines.append("not verified (--no-verify)")
+    lines.append(f"wrote {output}")
+    return "\n".join(lines)
+
+
+def format_deepened(result, output: str) -> str:
+    lines = [f"{i['target']}: inserted {', '.join(i['layers'])} ({len(i['nodes'])} nodes)" for i in result.inserted]
+    lines.append(f"parameters: {result.parameters_before:,} -> {result.parameters_after:,}")
+    lines.append(format_report(result.report) if result.report is not None else "not verified (--no-verify)")
     lines.append(f"wrote {output}")
     return "\n".join(lines)
