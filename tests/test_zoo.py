@@ -57,3 +57,24 @@ def test_zoo_groups(zoo):
     chosen = widenable if every else random.Random(name).sample(widenable, min(SAMPLE, len(widenable)))
     for group in chosen:
         _assert_same(model, n2n.widen(model, {group: "x1.5"}, verify=False), feeds, expected)
+
+
+# (deepen points, exact with an identity layer) per architecture.
+DEEPEN = {
+    "bvlc_alexnet": (8, 8), "densenet121": (121, 121), "inception_v1": (58, 58), "inception_v2": (70, 70),
+    "resnet50": (54, 54), "shufflenet": (50, 50), "squeezenet": (26, 26), "vgg19": (19, 19), "zfnet512": (8, 8),
+}
+
+
+def test_zoo_deepen(zoo):
+    """Every exact point deepens in one rewrite; every point deepens with --residual."""
+    name, model, feeds, expected = zoo
+    points = n2n.inspect(model).deepen
+    exact = [p["target"] for p in points if p["exact"]]
+    assert (len(points), len(exact)) == DEEPEN[name]
+    deep = n2n.deepen_model(model, exact, verify=False)
+    assert len(deep.inserted) == len(exact)
+    checks = _assert_same(model, deep.model, feeds, expected)
+    assert all(c.max_abs == 0.0 for c in checks)  # identity layers are exact to the bit in float32
+    _assert_same(model, n2n.deepen(model, [p["target"] for p in points], residual=True, verify=False),
+                 feeds, expected)

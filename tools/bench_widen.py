@@ -1,4 +1,5 @@
-"""Benchmark: widen every widenable group of VGG-19 (zoo copy, random weights, ~550 MB).
+"""Benchmark: widen every widenable group, or deepen after every layer, of VGG-19 (zoo copy,
+random weights, ~550 MB).
 
 Each measurement runs in its own process so peak memory (max RSS) is its own. The baseline is
 plain onnx.load + onnx.save of the same file, measured in the same run; ratios are printed.
@@ -38,9 +39,13 @@ def _measure(mode: str, source: str, target: str, factor: str) -> dict:
     start = time.perf_counter()
     if mode.startswith("baseline"):
         onnx.save(onnx.load(source), target)
-    else:
+    elif mode.startswith("widen"):
         result = n2n.widen_model(source, {}, widen_all=factor, verify=(mode == "widen+verify"))
         save_model(result.model, target)
+    else:
+        model = onnx.load(source)
+        points = [p["target"] for p in n2n.inspect(model).deepen if p["exact"]]
+        save_model(n2n.deepen(model, points, verify=False), target)
     return {"seconds": time.perf_counter() - start, "peak_mb": _peak_mb(), "import_mb": ready}
 
 
@@ -71,7 +76,7 @@ def main() -> None:
         source = Path(tmp) / f"{args.model}.onnx"
         onnx.save(zoo_model(args.model), str(source))
         size_mb = source.stat().st_size / 2**20
-        modes = ["baseline", "widen"] + (["widen+verify"] if args.verify else []) + ["baseline-wide"]
+        modes = ["baseline", "widen"] + (["widen+verify"] if args.verify else []) + ["baseline-wide", "deepen"]
         runs: dict[str, list[dict]] = {mode: [] for mode in modes}
         wide = Path(tmp) / "wide-copy.onnx"
         for _ in range(args.repeat):  # interleaved, so disk and cache state affect every mode alike
