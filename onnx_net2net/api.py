@@ -68,13 +68,14 @@ def inspect(source: str | os.PathLike[str] | onnx.ModelProto) -> Inspection:
 
 def widen_model(source: str | os.PathLike[str] | onnx.ModelProto, targets: dict[str, int | float | str],
                 seed: int = 0, noise: float = 0.0, verify: bool = True,
-                verify_options: dict | None = None, widen_all: int | float | str | None = None) -> WidenResult:
+                verify_options: dict | None = None, widen_all: int | float | str | None = None,
+                optional: bool = False) -> WidenResult:
     """Widen the named layers (and with `widen_all`, every widenable group by that factor);
     verify against the original unless told not to."""
     loaded, graph, analysis = _prepare(source)
     before = parameter_count(graph)
-    widenings = W.resolve(analysis, targets, widen_all)
-    if not widenings:
+    widenings = W.resolve(analysis, targets, widen_all, optional)
+    if not widenings and not optional:
         raise Net2NetError("nothing to widen: no target given and no widenable group")
     W.apply(graph, analysis, widenings, seed=seed, noise=noise)
     model = G.export_model(graph, loaded.model)
@@ -115,7 +116,7 @@ class DeepenResult:
 
 def deepen_model(source: str | os.PathLike[str] | onnx.ModelProto, targets: list[str], kernel: int | None = None,
                  residual: bool = False, batch_norm: bool = True, seed: int = 0, verify: bool = True,
-                 verify_options: dict | None = None) -> DeepenResult:
+                 verify_options: dict | None = None, optional: bool = False) -> DeepenResult:
     """Insert an identity layer (or a zero-initialized residual block) after each target."""
     if isinstance(targets, str):
         targets = [targets]
@@ -125,7 +126,12 @@ def deepen_model(source: str | os.PathLike[str] | onnx.ModelProto, targets: list
     graph = G.import_model(loaded.model)
     before = parameter_count(graph)
     rng = np.random.default_rng(seed)
-    layers = [(t, D.find_layer(graph, t)) for t in targets]
+    layers, seen = [], set()
+    for target in targets:
+        for layer in D.find_layers(graph, target, optional):
+            if id(layer) not in seen:
+                seen.add(id(layer))
+                layers.append((target if not W.is_pattern(target) else G.label(layer), layer))
     inserted = [D.insert(graph, t, layer, kernel, residual, batch_norm, rng) for t, layer in layers]
     G.infer_shapes(graph)
     model = G.export_model(graph, loaded.model)

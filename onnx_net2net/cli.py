@@ -8,10 +8,13 @@ from pathlib import Path
 
 import click
 
-from . import api
+import time
+
+from . import api, batch
+from .plan import load_plan
 from .errors import Net2NetError, VerificationError
-from .io import check_output_path, load_model, save_model
-from .report import format_deepened, format_groups, format_report, format_widened
+from .io import check_output_path, load_model, save_model, save_text
+from .report import format_batch, format_deepened, format_groups, format_report, format_widened
 from .verify import DEFAULT_DIM, DEFAULT_INT_RANGE, Report, compare, load_inputs
 
 
@@ -173,6 +176,59 @@ def deepen(model, targets, output, kernel, residual, no_bn, seed, no_verify, for
                     "verification": result.report.to_json() if result.report else None})
     else:
         click.echo(format_deepened(result, str(out)), err=True)
+
+
+@main.command()
+@click.argument("plan_file", metavar="PLAN", type=click.Path(dir_okay=False))
+@click.argument("models", nargs=-1, required=True, metavar="MODELS...")
+@click.option("-o", "--output", "outdir", required=True, type=click.Path(file_okay=False),
+              help="Directory for the grown models (named as their inputs).")
+@click.option("--workers", type=click.IntRange(min=1), help="Models processed in parallel "
+              f"(default: number of CPUs, at most {batch.MAX_DEFAULT_WORKERS}).")
+@click.option("--report", "report_file", type=click.Path(dir_okay=False), help="Write a JSON report here.")
+@click.option("--force", is_flag=True, help="Overwrite existing outputs.")
+def apply(plan_file, models, outdir, workers, report_file, force) -> None:
+    """Apply PLAN (TOML or JSON widen/deepen steps) to MODELS (files, directories or globs).
+
+    Exit code 0 when every model succeeded, 1 when any failed verification, 2 when any failed
+    for another reason. A failed model leaves no file behind."""
+    plan = load_plan(plan_file)
+    jobs = batch.plan_jobs(batch.collect_models(list(models)), outdir, force)
+    workers = workers or batch.default_workers(len(jobs))
+    click.echo(f"applying {plan_file} ({len(plan.steps)} steps) to {len(jobs)} models with {workers} workers",
+               err=True)
+    start = time.perf_counter()
+    interactive = sys.stderr.isatty()
+    done: list[dict] = []
+    bar = click.progressbar(length=len(jobs), label="growing", file=sys.stderr) if interactive else None
+
+    def progress(entry: dict) -> None:
+        done.append(entry)
+        if bar is not None:
+            bar.update(1)
+        else:
+            click.echo(f"[{len(done)}/{len(jobs)}] {entry['model']}: {entry['status']} ({entry['seconds'] or 0:.1f}s)"
+                       + (f": {entry['error']}" if entry["error"] else ""), err=True)
+
+    try:
+        if bar is not None:
+            bar.__enter__()
+        results = batch.run(plan, jobs, workers, progress)
+    except KeyboardInterrupt:
+        click.echo(f"\ninterrupted: {len(done)} of {len(jobs)} models finished; unfinished ones wrote nothing",
+                   err=True)
+        sys.exit(130)
+    finally:
+        if bar is not None:
+            bar.__exit__(None, None, None)
+    wall = time.perf_counter() - start
+    click.echo(format_batch(results, len(plan.steps)), err=True)
+    if report_file:
+        document = {"schema": 1, "plan_file": str(plan_file), "plan": plan.to_json(), "workers": workers,
+                    "seconds": round(wall, 3), "models": results,
+                    "summary": {s: sum(r["status"] == s for r in results) for s in ("ok", "mismatch", "error")}}
+        save_text(report_file, json.dumps(document, indent=2))
+    sys.exit(batch.exit_code(results))
 
 
 @main.command()

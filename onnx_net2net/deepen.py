@@ -7,6 +7,7 @@ one, and a copy of the tail's activation when it is idempotent (f(f(x)) = f(x));
 
 from __future__ import annotations
 
+import fnmatch
 import re
 from dataclasses import dataclass, field
 
@@ -17,6 +18,7 @@ from . import graph as G
 from .errors import Net2NetError
 from .tails import LAYER_OPS, Tail, find_tail, is_idempotent
 from .targets import aliases, suggest
+from .widen import is_pattern
 
 
 @dataclass
@@ -30,31 +32,41 @@ class Insertion:
     layers: list[str] = field(default_factory=list)  # the inserted Conv/Gemm/MatMul nodes
 
 
-def find_layer(graph: gs.Graph, target: str) -> gs.Node:
-    """A Conv/ConvTranspose/Gemm/MatMul named by node, weight or module name."""
+def find_layers(graph: gs.Graph, target: str, optional: bool = False) -> list[gs.Node]:
+    """Conv/ConvTranspose/Gemm/MatMul layers named by node, weight or module name, or every
+    layer a glob pattern over those names matches."""
     exact: dict[str, list[gs.Node]] = {}
     derived: dict[str, list[gs.Node]] = {}
+    patterned: dict[str, list[gs.Node]] = {}
     for node in graph.nodes:
         if node.op not in LAYER_OPS or not G.is_default_domain(node):
             continue
+        if node.op == "MatMul" and not G.is_constant(node.inputs[1]):
+            continue
         names, implied = aliases(node)
+        for name in aliases(node, outputs=False)[0] | implied:
+            patterned.setdefault(name, []).append(node)
         for name in names:
             exact.setdefault(name, []).append(node)
         for name in implied:
             derived.setdefault(name, []).append(node)
+    if is_pattern(target):
+        found = {id(n): n for name, nodes in patterned.items() if fnmatch.fnmatchcase(name, target) for n in nodes}
+        order = {id(n): i for i, n in enumerate(graph.nodes)}
+        if not found and not optional:
+            raise Net2NetError(f"pattern '{target}' matches no Conv, ConvTranspose, Gemm or MatMul layer")
+        return sorted(found.values(), key=lambda n: order[id(n)])
     found = exact.get(target) or derived.get(target)
     if not found:
+        if optional:
+            return []
         if any(target in (n.name, *(t.name for t in n.outputs)) for n in _subgraph_nodes(graph)):
             raise Net2NetError(f"target '{target}' is inside a control-flow subgraph; only the main graph can deepen")
-        raise Net2NetError(f"unknown target '{target}': no Conv, ConvTranspose, Gemm or MatMul has that node, "
-                           f"weight or module name{suggest(target, sorted(set(exact) | set(derived)))}")
+        raise Net2NetError(f"unknown target '{target}': no Conv, ConvTranspose, Gemm or MatMul (with constant "
+                           f"weights) has that node, weight or module name{suggest(target, sorted(set(exact) | set(derived)))}")
     if len(found) > 1:
         raise Net2NetError(f"target '{target}' is ambiguous: {', '.join(G.label(n) for n in found)}")
-    layer = found[0]
-    if layer.op == "MatMul" and not G.is_constant(layer.inputs[1]):
-        raise Net2NetError(f"target '{target}' ({G.label(layer)}, MatMul) multiplies two activations; "
-                           "only layers with constant weights can deepen")
-    return layer
+    return found
 
 
 def _subgraph_nodes(graph: gs.Graph) -> list[gs.Node]:

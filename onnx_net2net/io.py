@@ -110,3 +110,13 @@ def _weights_size(model: onnx.ModelProto) -> int:
 
 def _external_tensors(model: onnx.ModelProto) -> list[onnx.TensorProto]:
     return [t for t in model.graph.initializer if uses_external_data(t)]
+
+
+def save_text(output: str | os.PathLike[str], text: str) -> None:
+    """Atomic text write (reports): a reader never sees half a file."""
+    out = Path(output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    os.replace(tmp, out)

@@ -62,3 +62,22 @@ def format_deepened(result, output: str) -> str:
     lines.append(format_report(result.report) if result.report is not None else "not verified (--no-verify)")
     lines.append(f"wrote {output}")
     return "\n".join(lines)
+
+
+def format_batch(results: list[dict], steps: int) -> str:
+    rows = []
+    for r in results:
+        params = r["parameters"] or {}
+        checks = (r["verification"] or {}).get("outputs", [])
+        max_abs = max((c["max_abs"] for c in checks), default=None)
+        max_rel = max((c["max_rel"] for c in checks), default=None)
+        status = r["status"] if not r["error"] else f"{r['status']}: {r['error']}"
+        rows.append([r["model"], f"{r['steps_done']}/{steps}",
+                     f"{params['before']:,}" if params else "-", f"{params['after']:,}" if params else "-",
+                     "-" if max_abs is None else f"{max_abs:.3g}", "-" if max_rel is None else f"{max_rel:.3g}",
+                     f"{r['seconds']:.1f}" if r["seconds"] is not None else "-",
+                     status if len(status) <= 100 else status[:97] + "..."])
+    counts = {s: sum(r["status"] == s for r in results) for s in ("ok", "mismatch", "error")}
+    return (_table(rows, ["model", "steps", "params before", "params after", "max abs", "max rel", "seconds",
+                          "status"])
+            + f"\n{counts['ok']} ok, {counts['mismatch']} failed verification, {counts['error']} failed")

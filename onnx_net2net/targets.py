@@ -27,10 +27,14 @@ def module_names(name: str) -> set[str]:
     return names
 
 
-def aliases(node: gs.Node) -> tuple[set[str], set[str]]:
-    """Exact names (node, output, weight and bias initializers) and derived module names."""
+def aliases(node: gs.Node, outputs: bool = True) -> tuple[set[str], set[str]]:
+    """Exact names (node, output, weight and bias initializers) and derived module names.
+
+    Patterns match without output tensor names (`outputs=False`): exporters name those after
+    ops ('conv2d_3'), which would make 'conv*' match every convolution."""
     exact = {node.name} if node.name else set()
-    exact.update(t.name for t in node.outputs[:1])
+    if outputs:
+        exact.update(t.name for t in node.outputs[:1])
     exact.update(t.name for t in node.inputs[1:] if isinstance(t, gs.Constant))
     # MatMul + Add as exporters emit Linear layers: the bias often keeps the module's name
     # ('fc1.bias') while the transposed weight gets a generated one.
@@ -49,7 +53,7 @@ def suggest(name: str, known: list[str]) -> str:
     return f"; did you mean: {', '.join(close)}?" if close else ""
 
 
-_FACTOR = re.compile(r"^[xX*]\s*([0-9]*\.?[0-9]+)$|^([0-9]*\.?[0-9]+)\s*[xX]$")
+FACTOR = re.compile(r"^[xX*]\s*([0-9]*\.?[0-9]+)$|^([0-9]*\.?[0-9]+)\s*[xX]$")
 
 
 def parse_width(spec: int | float | str, current: int, where: str) -> int:
@@ -62,7 +66,7 @@ def parse_width(spec: int | float | str, current: int, where: str) -> int:
         width = _from_factor(spec, current, where)
     else:
         text = str(spec).strip()
-        match = _FACTOR.match(text)
+        match = FACTOR.match(text)
         if match:
             width = _from_factor(float(match.group(1) or match.group(2)), current, where)
         elif text.isdigit():

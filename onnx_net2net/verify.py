@@ -19,6 +19,13 @@ DEFAULT_INT_RANGE = (0, 8)
 TOLERANCES = {"float64": (1e-9, 1e-9), "float32": (1e-5, 1e-5), "float16": (1e-2, 1e-2), "bfloat16": (5e-2, 5e-2)}
 
 ort.set_default_logger_severity(3)
+_THREADS = 0  # onnxruntime's default: all cores
+
+
+def set_threads(threads: int) -> None:
+    """Cap onnxruntime's intra-op threads (parallel batch workers share the cores)."""
+    global _THREADS
+    _THREADS = max(0, int(threads))
 
 
 @dataclass
@@ -51,6 +58,7 @@ def _session(model: onnx.ModelProto | str | os.PathLike) -> ort.InferenceSession
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.log_severity_level = 3
+    options.intra_op_num_threads = _THREADS
     source = str(model) if isinstance(model, (str, os.PathLike)) else model.SerializeToString()
     try:
         return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,50 +26,45 @@ class Widening:
 
 
 def resolve(analysis: Analysis, requests: dict[str, int | float | str],
-            widen_all: int | float | str | None = None) -> list[Widening]:
-    """Map user targets (node, weight or module name, group id) to groups and new widths.
+            widen_all: int | float | str | None = None, optional: bool = False) -> list[Widening]:
+    """Map user targets (node, weight or module name, group id, or a glob pattern over those)
+    to groups and new widths.
 
     `widen_all` (a factor) also widens every other widenable group; widths of grouped-conv
-    groups are rounded to the nearest multiple of their group count.
+    groups are rounded to the nearest multiple of their group count. With `optional`, targets
+    that match nothing are skipped instead of refused.
     """
-    by_name: dict[str, set[int]] = {}
+    names: dict[str, set[int]] = {}
     derived: dict[str, set[int]] = {}
-    groups = {g.root: g for g in analysis.groups}
+    patterned: dict[str, set[int]] = {}
     for producer in analysis.producers:
         root = analysis.find(producer.space)
         exact, implied = aliases(producer.node)
+        for name in aliases(producer.node, outputs=False)[0] | implied:
+            patterned.setdefault(name, set()).add(root)
         for name in exact:
-            by_name.setdefault(name, set()).add(root)
+            names.setdefault(name, set()).add(root)
         for name in implied:
             derived.setdefault(name, set()).add(root)
     for group in analysis.groups:
-        by_name.setdefault(group.id, set()).add(group.root)
+        names.setdefault(group.id, set()).add(group.root)
+    groups = {g.root: g for g in analysis.groups}
 
     chosen: dict[int, Widening] = {}
     for target, spec in requests.items():
-        roots = by_name.get(target) or derived.get(target)
-        if not roots:
-            known = sorted(set(by_name) | set(derived))
-            raise Net2NetError(f"unknown target '{target}': no producer (Conv, ConvTranspose, Gemm, MatMul) "
-                               f"has that node, weight or group name{suggest(target, known)}")
-        if len(roots) > 1:
-            ids = ", ".join(sorted(groups[r].id for r in roots))
-            raise Net2NetError(f"target '{target}' is ambiguous: it names layers in groups {ids}")
-        group = groups[roots.pop()]
-        if not group.widenable:
-            raise Net2NetError(f"target '{target}' ({group.id}) cannot be widened: {group.reason}")
-        width = parse_width(spec, group.width, f"target '{target}'")
-        if width % group.partitions:
-            raise Net2NetError(f"target '{target}' ({group.id}): width {width} must be a multiple of "
-                               f"{group.partitions} (grouped convolution)")
-        previous = chosen.get(group.root)
-        if previous is not None and previous.new != width:
-            raise Net2NetError(f"targets '{previous.targets[0]}' and '{target}' are in the same group {group.id} "
-                               f"but ask for different widths ({previous.new} and {width})")
-        if previous is not None:
-            previous.targets.append(target)
-        else:
-            chosen[group.root] = Widening(group, group.width, width, [target])
+        for group in _lookup(target, names, derived, patterned, groups, optional):
+            width = parse_width(spec, group.width, f"target '{target}' ({group.id})")
+            if width % group.partitions:
+                raise Net2NetError(f"target '{target}' ({group.id}): width {width} must be a multiple of "
+                                   f"{group.partitions} (grouped convolution)")
+            previous = chosen.get(group.root)
+            if previous is not None and previous.new != width:
+                raise Net2NetError(f"targets '{previous.targets[0]}' and '{target}' are in the same group "
+                                   f"{group.id} but ask for different widths ({previous.new} and {width})")
+            if previous is not None:
+                previous.targets.append(target)
+            else:
+                chosen[group.root] = Widening(group, group.width, width, [target])
     if widen_all is not None:
         for group in analysis.groups:
             if group.root in chosen or not group.widenable:
@@ -78,6 +74,40 @@ def resolve(analysis: Analysis, requests: dict[str, int | float | str],
             if width > group.width:
                 chosen[group.root] = Widening(group, group.width, width, ["all"])
     return sorted(chosen.values(), key=lambda w: int(w.group.id[1:]))
+
+
+def is_pattern(target: str) -> bool:
+    return any(c in target for c in "*?[")
+
+
+def _lookup(target: str, names: dict[str, set[int]], derived: dict[str, set[int]],
+            patterned: dict[str, set[int]], groups: dict[int, Group], optional: bool) -> list[Group]:
+    """Exact names must name one widenable group; patterns take every widenable group they match."""
+    if is_pattern(target):
+        roots = {r for name, rs in patterned.items() if fnmatch.fnmatchcase(name, target) for r in rs}
+        matched = sorted((groups[r] for r in roots), key=lambda g: int(g.id[1:]))
+        if not matched:
+            if optional:
+                return []
+            raise Net2NetError(f"pattern '{target}' matches no producer (Conv, ConvTranspose, Gemm, MatMul)")
+        usable = [g for g in matched if g.widenable]
+        if not usable:
+            raise Net2NetError(f"pattern '{target}' matches only groups that cannot be widened "
+                               f"({matched[0].id}: {matched[0].reason})")
+        return usable
+    roots = names.get(target) or derived.get(target)
+    if not roots:
+        if optional:
+            return []
+        raise Net2NetError(f"unknown target '{target}': no producer (Conv, ConvTranspose, Gemm, MatMul) "
+                           f"has that node, weight or group name{suggest(target, sorted(set(names) | set(derived)))}")
+    if len(roots) > 1:
+        ids = ", ".join(sorted(groups[r].id for r in roots))
+        raise Net2NetError(f"target '{target}' is ambiguous: it names layers in groups {ids}")
+    group = groups[next(iter(roots))]
+    if not group.widenable:
+        raise Net2NetError(f"target '{target}' ({group.id}) cannot be widened: {group.reason}")
+    return [group]
 
 
 def _grouped_width(spec: int | float | str, group: Group) -> int:
