@@ -87,12 +87,58 @@ def save_model(model: onnx.ModelProto, output: str | os.PathLike[str], external_
             onnx.save_model(model, str(tmp))  # rewrite the small proto with the final data name
             os.replace(tmp_data, out.parent / data_name)
         else:
-            onnx.save_model(model, str(tmp))
+            _write_streamed(model, tmp)
         os.replace(tmp, out)
     except BaseException:
         tmp.unlink(missing_ok=True)
         tmp_data.unlink(missing_ok=True)
         raise
+
+
+def _write_streamed(model: onnx.ModelProto, path: Path) -> None:
+    """Serialize without building the whole file in memory: the model without its weights,
+    then each weight as its own `graph { initializer { ... } }` record. Protobuf merges
+    repeated occurrences of a message field, so readers see one graph with every weight."""
+    skeleton = onnx.ModelProto()
+    _copy_fields(model, skeleton, skip="graph")
+    _copy_fields(model.graph, skeleton.graph, skip="initializer")
+    with open(path, "wb") as handle:
+        handle.write(skeleton.SerializeToString())
+        for tensor in model.graph.initializer:
+            body = tensor.SerializeToString()
+            record = _GRAPH_INITIALIZER_TAG + _varint(len(body)) + body
+            handle.write(_MODEL_GRAPH_TAG + _varint(len(record)))
+            handle.write(record)
+
+
+def _copy_fields(source, target, skip: str) -> None:
+    for descriptor, value in source.ListFields():
+        if descriptor.name == skip:
+            continue
+        field = getattr(target, descriptor.name)
+        if descriptor.is_repeated:
+            field.extend(value)
+        elif descriptor.message_type is not None:
+            field.CopyFrom(value)
+        else:
+            setattr(target, descriptor.name, value)
+
+
+# Wire-format keys: ModelProto.graph is field 7, GraphProto.initializer field 5 (length-delimited).
+_MODEL_GRAPH_TAG = bytes([7 << 3 | 2])
+_GRAPH_INITIALIZER_TAG = bytes([5 << 3 | 2])
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
 
 
 def _weights_size(model: onnx.ModelProto) -> int:

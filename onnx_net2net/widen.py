@@ -196,7 +196,6 @@ def _uses_by_tensor(graph: gs.Graph, by_slot: dict) -> dict[str, tuple[gs.Consta
 
 def _transform(values: np.ndarray, effects: list[Effect], canon: dict, mappings: dict[int, Mapping],
                fresh: dict[int, np.ndarray], noise: float, rng: np.random.Generator) -> np.ndarray:
-    dtype = values.dtype
     for effect in effects:
         layout = canon[id(effect)]
         if effect.kind == "entry":
@@ -209,15 +208,34 @@ def _transform(values: np.ndarray, effects: list[Effect], canon: dict, mappings:
         index, counts = axis_plan(layout, mappings)
         widened = np.take(values, index, axis=effect.axis)
         if effect.kind == "contract":
-            if not np.issubdtype(dtype, np.floating) and dtype.name != "bfloat16":
-                raise Net2NetError(f"weight of {effect.node.name} has dtype {dtype}; replica division needs floats")
-            shape = [1] * widened.ndim
-            shape[effect.axis] = -1
-            widened = (widened.astype(np.float64) / counts.reshape(shape)).astype(dtype)
+            widened = _divide_replicas(widened, effect, counts)
         elif effect.incoming and noise > 0:
             widened = _add_noise(widened, values, effect.axis, layout, fresh, noise, rng)
         values = widened
     return values
+
+
+def _divide_replicas(widened: np.ndarray, effect: Effect, counts: np.ndarray) -> np.ndarray:
+    """Divide each unit's entries by its replica count, in float64, cast back to the dtype.
+
+    Done in place, a slab of rows at a time, so a large weight never needs a float64 twin."""
+    dtype = widened.dtype
+    if not np.issubdtype(dtype, np.floating) and dtype.name != "bfloat16":
+        raise Net2NetError(f"weight of {G.label(effect.node)} has dtype {dtype}; replica division needs floats")
+    shape = [1] * widened.ndim
+    shape[effect.axis] = -1
+    divisor = counts.astype(np.float64).reshape(shape)
+    widened = np.ascontiguousarray(widened)
+    rows = widened.shape[0] if widened.ndim else 1
+    step = max(1, _SLAB_ELEMENTS // max(1, widened.size // max(rows, 1)))
+    for start in range(0, rows, step):
+        slab = widened[start:start + step]
+        part = divisor[start:start + step] if effect.axis == 0 else divisor
+        slab[...] = slab.astype(np.float64) / part
+    return widened
+
+
+_SLAB_ELEMENTS = 1 << 22
 
 
 def _grouped_contract(values: np.ndarray, axis: int, groups: int, layout, mappings) -> np.ndarray:
