@@ -7,6 +7,7 @@ import re
 
 import onnx_graphsurgeon as gs
 
+from . import graph as G
 from .errors import Net2NetError
 
 
@@ -32,7 +33,7 @@ def aliases(node: gs.Node, outputs: bool = True) -> tuple[set[str], set[str]]:
 
     Patterns match without output tensor names (`outputs=False`): exporters name those after
     ops ('conv2d_3'), which would make 'conv*' match every convolution."""
-    exact = {node.name} if node.name else set()
+    exact = {G.label(node)}  # the node name, or how reports show an unnamed node
     if outputs:
         exact.update(t.name for t in node.outputs[:1])
     exact.update(t.name for t in node.inputs[1:] if isinstance(t, gs.Constant))

@@ -154,3 +154,41 @@ def test_apply_as_a_subprocess(tmp_path):
     assert done.returncode == 0, done.stderr
     assert sorted(p.name for p in out.iterdir()) == ["torch_mlp.onnx", "torch_mlp_dynamo.onnx"]
     assert "[2/2]" in done.stderr and "2 ok" in done.stderr
+
+
+def test_strict_tolerance_mismatch_exits_1_and_writes_nothing(tmp_path):
+    """Replica division rounds in float32; with zero tolerance that is a real mismatch."""
+    plan = "atol = 0.0\nrtol = 0.0\n[[step]]\nwiden = { conv2 = 'x1.5' }\n"
+    result, out, report = _run_apply(tmp_path, plan, [MODELS / "torch_cnn_bn.onnx"], workers=1)
+    assert result.exit_code == 1, result.stderr
+    (entry,) = report["models"]
+    assert entry["status"] == "mismatch" and entry["verification"]["outputs"][0]["max_abs"] > 0
+    assert not out.exists() or list(out.iterdir()) == []
+
+
+def test_ctrl_c_stops_cleanly_without_partial_files(tmp_path):
+    import signal
+    import time
+
+    from tools.zoo import zoo_model
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    big = zoo_model("resnet50")
+    for i in range(6):
+        onnx.save(big, str(inputs / f"resnet_{i}.onnx"))
+    plan = write(tmp_path, "[[step]]\nwiden = { all = 'x2' }\n")
+    out = tmp_path / "out"
+    process = subprocess.Popen([sys.executable, "-m", "onnx_net2net", "apply", str(plan), str(inputs), "-o", str(out),
+                                "--workers", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    time.sleep(6)
+    import os
+    os.killpg(process.pid, signal.SIGINT)  # as a terminal's Ctrl-C: the whole process group
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert "interrupted" in stderr and "Traceback" not in stderr
+    written = sorted(out.iterdir()) if out.exists() else []
+    assert not [p for p in written if p.name.startswith(".")]  # no temporary leftovers
+    assert len(written) < 6
+    for path in written:  # what was written is complete and correct
+        assert n2n.verify(inputs / path.name, path).passed
