@@ -166,7 +166,6 @@ def insert(graph: gs.Graph, target: str, layer: gs.Node, kernel: int | None, res
     dtype = layer.inputs[1].dtype
     conv = layer.op in ("Conv", "ConvTranspose")
     if conv:
-        spatial = rank - 2
         if kernel is None:
             own = G.attr(layer, "kernel_shape") or list(layer.inputs[1].shape[2:])
             kernel = int(own[0]) if own and all(k == own[0] for k in own) and own[0] % 2 == 1 else 3

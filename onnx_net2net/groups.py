@@ -8,9 +8,8 @@ inputs hold per-unit entries, which weights contract over units, and which space
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-import numpy as np
 import onnx_graphsurgeon as gs
 
 from . import graph as G
@@ -227,13 +226,3 @@ def _close_groups(analysis: Analysis) -> None:
     for group in analysis.groups:
         if group.width % group.partitions:
             group.reasons.append(f"width {group.width} is not divisible into {group.partitions} conv groups")
-
-
-def constant_shape(tensor: gs.Tensor) -> tuple[int, ...] | None:
-    if isinstance(tensor, gs.Constant):
-        return tuple(int(d) for d in tensor.shape)
-    return None
-
-
-def constant_value(tensor: gs.Tensor) -> np.ndarray | None:
-    return G.constant(tensor)

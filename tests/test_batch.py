@@ -16,7 +16,7 @@ import onnx_net2net as n2n
 from helpers import initializer
 from onnx_net2net.cli import main
 from onnx_net2net.errors import Net2NetError
-from onnx_net2net.plan import load_plan, parse_plan
+from onnx_net2net.plan import load_plan
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import onnx
 import pytest
 
 import onnx_net2net as n2n
@@ -96,7 +95,6 @@ def test_exported_erf_gelu_and_silu_on_3d_hidden_states():
 @pytest.mark.parametrize("bias", [True, False])
 def test_conv_batchnorm_relu_conv(spatial, bias):
     dims = ", ".join(["6"] * spatial)
-    k = ", ".join(["3"] * spatial)
     pads = ", ".join(["1"] * (2 * spatial))
     b = ", B1" if bias else ""
     model = build(HEAD.format(opset=15) + f"""
@@ -177,13 +175,13 @@ def test_concat_offsets_and_opaque_segment():
 
 @pytest.mark.parametrize("multiplier", [1, 2])
 def test_depthwise_conv_carries_units(multiplier):
-    model = build(HEAD.format(opset=17) + f"""
-    g (float[1, 3, 6, 6] x) => (float[1, 2, 6, 6] y) {{
+    model = build(HEAD.format(opset=17) + """
+    g (float[1, 3, 6, 6] x) => (float[1, 2, 6, 6] y) {
         a = Conv(x, Wa)
         d = Conv<group=4, pads=[1, 1, 1, 1]>(a, Wd, Bd)
         r = Clip(d)
         y = Conv(r, Wc)
-    }}""", {"Wa": (4, 3, 1, 1), "Wd": (4 * multiplier, 1, 3, 3), "Bd": (4 * multiplier,),
+    }""", {"Wa": (4, 3, 1, 1), "Wd": (4 * multiplier, 1, 3, 3), "Bd": (4 * multiplier,),
             "Wc": (2, 4 * multiplier, 1, 1)})
     wide = widen_checked(model, {"Wa": 7})
     assert initializer(wide, "Wd").shape == (7 * multiplier, 1, 3, 3)

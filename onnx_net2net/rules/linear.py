@@ -38,6 +38,17 @@ def _bias(analysis: Analysis, node: gs.Node, slot: int, layout: Layout) -> None:
     analysis.effect("replicate", node, slot, axis, layout.moved(axis, bias_rank))
 
 
+def _produce(analysis: Analysis, node: gs.Node, units: int, out_axis: int, out_rank: int, weight_axis: int,
+             weight_rank: int, partitions: int = 1) -> Layout:
+    """A new unit space on the output: the weight's output axis is replicated with it, and so
+    is the bias (input 2), if any."""
+    space = analysis.new_space(node, units, partitions=partitions)
+    out = Layout.plain(space, units, out_axis, out_rank)
+    analysis.effect("replicate", node, 1, weight_axis, out.moved(weight_axis, weight_rank), incoming=True)
+    _bias(analysis, node, 2, out)
+    return out
+
+
 @register("Conv", producer=True)
 def conv(analysis: Analysis, node: gs.Node, ins: list[Layout | None]) -> list[Layout | None]:
     weight = _weight_shape(analysis, node, 1, ins)
@@ -66,11 +77,7 @@ def conv(analysis: Analysis, node: gs.Node, ins: list[Layout | None]) -> list[La
             analysis.effect("contract", node, 1, 1, x.moved(1, len(weight)))
         elif analysis.require_partitions(x, group, node):
             analysis.effect("grouped_contract", node, 1, 1, x.moved(1, len(weight)), groups=group)
-    space = analysis.new_space(node, c_out, partitions=group)
-    out = Layout.plain(space, c_out, 1, out_rank)
-    analysis.effect("replicate", node, 1, 0, out.moved(0, len(weight)), incoming=True)
-    _bias(analysis, node, 2, out)
-    return [out]
+    return [_produce(analysis, node, c_out, 1, out_rank, 0, len(weight), partitions=group)]
 
 
 @register("ConvTranspose", producer=True)
@@ -88,12 +95,7 @@ def conv_transpose(analysis: Analysis, node: gs.Node, ins: list[Layout | None]) 
             analysis.block(x, node, "units are not on the channel axis")
         else:
             analysis.effect("contract", node, 1, 0, x.moved(0, len(weight)))
-    out_rank = G.rank(node.outputs[0]) or len(weight)
-    space = analysis.new_space(node, weight[1], partitions=1)
-    out = Layout.plain(space, weight[1], 1, out_rank)
-    analysis.effect("replicate", node, 1, 1, out.moved(1, len(weight)), incoming=True)
-    _bias(analysis, node, 2, out)
-    return [out]
+    return [_produce(analysis, node, weight[1], 1, G.rank(node.outputs[0]) or len(weight), 1, len(weight))]
 
 
 @register("Gemm", producer=True)
@@ -111,12 +113,7 @@ def gemm(analysis: Analysis, node: gs.Node, ins: list[Layout | None]) -> list[La
             analysis.block(a, node, "units are on Gemm's row axis, not the contracted one")
         else:
             analysis.effect("contract", node, 1, 1 if trans_b else 0, a.moved(1 if trans_b else 0, 2))
-    n = weight[0] if trans_b else weight[1]
-    space = analysis.new_space(node, n)
-    out = Layout.plain(space, n, 1, 2)
-    analysis.effect("replicate", node, 1, 0 if trans_b else 1, out.moved(0 if trans_b else 1, 2), incoming=True)
-    _bias(analysis, node, 2, out)
-    return [out]
+    return [_produce(analysis, node, weight[0] if trans_b else weight[1], 1, 2, 0 if trans_b else 1, 2)]
 
 
 @register("MatMul", producer=True)
@@ -137,8 +134,4 @@ def matmul(analysis: Analysis, node: gs.Node, ins: list[Layout | None]) -> list[
         analysis.effect("contract", node, 1, axis, a.moved(axis, len(b_shape)))
     if len(b_shape) < 2 or out_rank is None:
         return [None]
-    n = b_shape[-1]
-    space = analysis.new_space(node, n)
-    out = Layout.plain(space, n, out_rank - 1, out_rank)
-    analysis.effect("replicate", node, 1, len(b_shape) - 1, out.moved(len(b_shape) - 1, len(b_shape)), incoming=True)
-    return [out]
+    return [_produce(analysis, node, b_shape[-1], out_rank - 1, out_rank, len(b_shape) - 1, len(b_shape))]
