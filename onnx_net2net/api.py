@@ -75,8 +75,8 @@ def widen_model(source: str | os.PathLike[str] | onnx.ModelProto, targets: dict[
     loaded, graph, analysis = _prepare(source)
     before = parameter_count(graph)
     widenings = W.resolve(analysis, targets, widen_all, optional)
-    if not widenings and not optional:
-        raise Net2NetError("nothing to widen: no target given and no widenable group")
+    if not widenings and not optional and widen_all is None:
+        raise Net2NetError("nothing to widen: no target given")
     W.apply(graph, analysis, widenings, seed=seed, noise=noise)
     model = G.export_model(graph, loaded.model)
     result = WidenResult(model, [{"group": w.group.id, "targets": w.targets, "old": w.old, "new": w.new}

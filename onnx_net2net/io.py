@@ -8,12 +8,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
+from onnx import numpy_helper
 from onnx.external_data_helper import uses_external_data
 
 from .errors import Net2NetError
 
 # Protobuf cannot serialize a message of 2 GiB or more; such models must keep weights external.
-_PROTOBUF_LIMIT = 2**31 - 1
+PROTOBUF_LIMIT = 2**31 - 1
 
 
 @dataclass
@@ -67,24 +68,18 @@ def save_model(model: onnx.ModelProto, output: str | os.PathLike[str], external_
     """Write atomically (temporary file, then rename); weights go external when asked or too large."""
     out = Path(output)
     out.parent.mkdir(parents=True, exist_ok=True)
-    if not external_data and _weights_size(model) > _PROTOBUF_LIMIT:
+    if not external_data and weights_size(model) > PROTOBUF_LIMIT:
         external_data = True
     fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     data_name = out.name + ".data"
-    tmp_data = out.parent / f".{data_name}.tmp"
+    tmp_data = out.parent / f".{data_name}.{tmp.name.rsplit('.', 2)[-2]}.tmp"
     try:
         if external_data:
-            # The data file's name is recorded inside the model, so write it under a temporary
-            # name that is renamed to the recorded one before the model itself appears.
-            onnx.save_model(model, str(tmp), save_as_external_data=True, all_tensors_to_one_file=True,
-                            location=tmp_data.name, size_threshold=1024)
-            for tensor in _external_tensors(model):
-                for entry in tensor.external_data:
-                    if entry.key == "location":
-                        entry.value = data_name
-            onnx.save_model(model, str(tmp))  # rewrite the small proto with the final data name
+            # The model records the data file's final name; the data is renamed into place
+            # before the model itself appears.
+            write_with_external_data(model, tmp, data_name, data_path=tmp_data)
             os.replace(tmp_data, out.parent / data_name)
         else:
             _write_streamed(model, tmp)
@@ -93,6 +88,48 @@ def save_model(model: onnx.ModelProto, output: str | os.PathLike[str], external_
         tmp.unlink(missing_ok=True)
         tmp_data.unlink(missing_ok=True)
         raise
+
+
+def write_with_external_data(model: onnx.ModelProto, path: Path, data_name: str,
+                             data_path: Path | None = None) -> None:
+    """Write weights of 1 KiB or more to one data file beside the model, without modifying
+    `model` (onnx.save_model's external-data path converts the caller's tensors in place)."""
+    skeleton = onnx.ModelProto()
+    _copy_fields(model, skeleton, skip="graph")
+    _copy_fields(model.graph, skeleton.graph, skip="initializer")
+    offset = 0
+    with open(data_path or path.parent / data_name, "wb") as data:
+        for tensor in model.graph.initializer:
+            meta = skeleton.graph.initializer.add()
+            if tensor.data_type == onnx.TensorProto.STRING or _tensor_bytes(tensor) < _EXTERNAL_THRESHOLD:
+                meta.CopyFrom(tensor)
+                continue
+            payload = tensor.raw_data if tensor.HasField("raw_data") else _little_endian_bytes(tensor)
+            meta.name, meta.data_type, meta.doc_string = tensor.name, tensor.data_type, tensor.doc_string
+            meta.dims.extend(tensor.dims)
+            meta.data_location = onnx.TensorProto.EXTERNAL
+            for key, value in (("location", data_name), ("offset", str(offset)), ("length", str(len(payload)))):
+                entry = meta.external_data.add()
+                entry.key, entry.value = key, value
+            data.write(payload)
+            offset += len(payload)
+    with open(path, "wb") as handle:
+        handle.write(skeleton.SerializeToString())
+
+
+_EXTERNAL_THRESHOLD = 1024
+
+
+def _little_endian_bytes(tensor: onnx.TensorProto) -> bytes:
+    array = numpy_helper.to_array(tensor)
+    return array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
+
+
+def _tensor_bytes(tensor: onnx.TensorProto) -> int:
+    count = 1
+    for d in tensor.dims:
+        count *= d
+    return count * onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
 
 
 def _write_streamed(model: onnx.ModelProto, path: Path) -> None:
@@ -141,21 +178,9 @@ def _varint(value: int) -> bytes:
             return bytes(out)
 
 
-def _weights_size(model: onnx.ModelProto) -> int:
-    """Bytes of raw weights: a cheap stand-in for ByteSize(), which walks the whole message."""
-    total = 0
-    for tensor in model.graph.initializer:
-        if tensor.data_type in (onnx.TensorProto.STRING, onnx.TensorProto.UNDEFINED):
-            continue
-        count = 1
-        for d in tensor.dims:
-            count *= d
-        total += count * onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
-    return total
-
-
-def _external_tensors(model: onnx.ModelProto) -> list[onnx.TensorProto]:
-    return [t for t in model.graph.initializer if uses_external_data(t)]
+def weights_size(model: onnx.ModelProto) -> int:
+    """Bytes of weights: a cheap stand-in for ByteSize(), which walks the whole message."""
+    return sum(_tensor_bytes(t) for t in model.graph.initializer if t.data_type != onnx.TensorProto.STRING)
 
 
 def save_text(output: str | os.PathLike[str], text: str) -> None:

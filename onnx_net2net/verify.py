@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import onnxruntime as ort
 from onnx import helper
 
 from .errors import Net2NetError
+from .io import PROTOBUF_LIMIT, weights_size, write_with_external_data
 
 DEFAULT_DIM = 1
 DEFAULT_INT_RANGE = (0, 8)
@@ -55,6 +57,12 @@ class Report:
 
 
 def _session(model: onnx.ModelProto | str | os.PathLike) -> ort.InferenceSession:
+    if isinstance(model, onnx.ModelProto) and weights_size(model) > PROTOBUF_LIMIT - (64 << 20):
+        # Too large to serialize as one message: hand onnxruntime a file with external data.
+        with tempfile.TemporaryDirectory(prefix="n2n-verify-") as tmp:
+            path = Path(tmp) / "model.onnx"
+            write_with_external_data(model, path, "model.onnx.data")
+            return _session(path)
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.log_severity_level = 3

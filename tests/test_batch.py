@@ -167,6 +167,7 @@ def test_strict_tolerance_mismatch_exits_1_and_writes_nothing(tmp_path):
 
 
 def test_ctrl_c_stops_cleanly_without_partial_files(tmp_path):
+    import os
     import signal
     import time
 
@@ -181,8 +182,11 @@ def test_ctrl_c_stops_cleanly_without_partial_files(tmp_path):
     process = subprocess.Popen([sys.executable, "-m", "onnx_net2net", "apply", str(plan), str(inputs), "-o", str(out),
                                 "--workers", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                start_new_session=True)
-    time.sleep(6)
-    import os
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:  # interrupt once the first model is out
+        if out.exists() and any(not p.name.startswith(".") for p in out.iterdir()):
+            break
+        time.sleep(0.05)
     os.killpg(process.pid, signal.SIGINT)  # as a terminal's Ctrl-C: the whole process group
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 130, stderr

@@ -86,3 +86,23 @@ def test_library_accepts_paths_and_protos_and_leaves_input_untouched():
     assert model.SerializeToString() == before
     assert numpy_helper.to_array(from_path.graph.initializer[0]).shape == \
         numpy_helper.to_array(from_proto.graph.initializer[0]).shape
+
+
+def test_external_save_leaves_the_model_untouched_and_loads_back(tmp_path):
+    from onnx_net2net.io import save_model
+    model = onnx.load(str(MODEL))
+    before = model.SerializeToString()
+    save_model(model, tmp_path / "m.onnx", external_data=True)
+    assert model.SerializeToString() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m.onnx.data"]
+    assert n2n.verify(MODEL, tmp_path / "m.onnx").outputs[0].max_abs == 0.0
+
+
+def test_models_too_large_for_one_message_are_verified_through_external_data(monkeypatch):
+    """Above protobuf's 2 GiB limit onnxruntime gets a file with external data; the limit is
+    lowered here so a small model takes that path."""
+    from onnx_net2net import verify as verify_module
+    monkeypatch.setattr(verify_module, "PROTOBUF_LIMIT", (64 << 20) + 1)
+    wide = n2n.widen(MODEL, {"fc1": 40}, verify=False)
+    report = verify_module.compare(onnx.load(str(MODEL)), wide)
+    assert report.passed and report.outputs[0].max_abs < 1e-5
