@@ -9,13 +9,13 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from . import deepen as D
+from . import deepening as D
 from . import graph as G
-from . import widen as W
+from . import widening as W
 from .errors import Net2NetError, VerificationError
 from .groups import Analysis, analyze
 from .io import LoadedModel, load_model
-from .verify import Report, compare
+from .verification import Report, compare
 
 
 @dataclass

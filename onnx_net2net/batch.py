@@ -20,7 +20,7 @@ from . import api
 from .errors import Net2NetError
 from .io import load_model, save_model
 from .plan import Plan
-from .verify import compare, set_threads
+from .verification import compare, set_threads
 
 MAX_DEFAULT_WORKERS = 4
 
@@ -115,8 +115,35 @@ def run_job(plan: Plan, job: Job) -> dict:
     return entry
 
 
+# Worker-process state: Ctrl-C interrupts a running job (its atomic write unwinds and removes
+# the temporary file), while an idle worker just stops taking jobs: no tracebacks, no new files.
+_WORKER = {"busy": False, "stopping": False}
+
+
+def _on_interrupt(signum, frame) -> None:
+    _WORKER["stopping"] = True
+    if _WORKER["busy"]:
+        raise KeyboardInterrupt
+
+
 def _init_worker(threads: int) -> None:
     set_threads(threads)
+    signal.signal(signal.SIGINT, _on_interrupt)
+
+
+def _worker_job(plan: Plan, job: Job) -> dict:
+    if _WORKER["stopping"]:
+        return _failed(job, "interrupted before it started")
+    _WORKER["busy"] = True
+    try:
+        return run_job(plan, job)
+    finally:
+        _WORKER["busy"] = False
+
+
+def _failed(job: Job, error: str) -> dict:
+    return {"model": str(job.source), "output": str(job.output), "status": "error", "error": error,
+            "steps_done": 0, "steps": [], "parameters": None, "verification": None, "seconds": None}
 
 
 def run(plan: Plan, jobs: list[Job], workers: int, progress: Callable[[dict], None] | None = None) -> list[dict]:
@@ -137,7 +164,7 @@ def run(plan: Plan, jobs: list[Job], workers: int, progress: Callable[[dict], No
     context = multiprocessing.get_context("spawn")
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init_worker, initargs=(threads,))
     try:
-        pending: dict[Future, int] = {pool.submit(run_job, plan, job): i for i, job in enumerate(jobs)}
+        pending: dict[Future, int] = {pool.submit(_worker_job, plan, job): i for i, job in enumerate(jobs)}
         while pending:
             done, _ = wait(pending, return_when=FIRST_COMPLETED)
             for future in done:
@@ -145,10 +172,7 @@ def run(plan: Plan, jobs: list[Job], workers: int, progress: Callable[[dict], No
                 try:
                     results[index] = future.result()
                 except Exception as exc:  # the worker process itself died
-                    results[index] = {"model": str(jobs[index].source), "output": str(jobs[index].output),
-                                      "status": "error", "error": f"worker failed: {type(exc).__name__}: {exc}",
-                                      "steps_done": 0, "steps": [], "parameters": None, "verification": None,
-                                      "seconds": None}
+                    results[index] = _failed(jobs[index], f"worker failed: {type(exc).__name__}: {exc}")
                 if progress:
                     progress(results[index])
     except KeyboardInterrupt:

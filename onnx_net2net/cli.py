@@ -14,7 +14,7 @@ from .plan import load_plan
 from .errors import Net2NetError, VerificationError
 from .io import check_output_path, load_model, save_model, save_text
 from .report import format_batch, format_deepened, format_groups, format_report, format_widened
-from .verify import DEFAULT_DIM, DEFAULT_INT_RANGE, Report, compare, load_inputs
+from .verification import DEFAULT_DIM, DEFAULT_INT_RANGE, Report, compare, load_inputs
 
 
 class _Group(click.Group):

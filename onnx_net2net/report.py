@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .verify import Report
+from .verification import Report
 
 
 def _table(rows: list[list[str]], header: list[str]) -> str:

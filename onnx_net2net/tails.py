@@ -113,7 +113,7 @@ def _activation_region(graph: gs.Graph, start: gs.Variable) -> tuple[list[gs.Nod
 
 def is_idempotent(graph: gs.Graph, tail: Tail) -> bool:
     """f(f(x)) == f(x) on varied inputs, evaluated by onnxruntime on the activation alone."""
-    from .verify import run
+    from .verification import run
 
     model = activation_model(graph, tail)
     dims = [d if isinstance(d, int) else 2 for d in (G.shape(tail.activation_input) or [])] or [8]

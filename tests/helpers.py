@@ -7,7 +7,7 @@ import onnx
 from onnx import numpy_helper
 
 import onnx_net2net as n2n
-from onnx_net2net.verify import compare
+from onnx_net2net.verification import compare
 
 
 def build(text: str, weights: dict[str, tuple | np.ndarray], seed: int = 0, dtype=np.float32) -> onnx.ModelProto:

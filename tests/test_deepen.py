@@ -10,7 +10,7 @@ import pytest
 
 import onnx_net2net as n2n
 from helpers import build, initializer
-from onnx_net2net.verify import compare
+from onnx_net2net.verification import compare
 
 HEAD = '<ir_version: 8, opset_import: ["" : {opset}]>'
 MODELS = Path(__file__).resolve().parent.parent / "models"

@@ -101,7 +101,7 @@ def test_external_save_leaves_the_model_untouched_and_loads_back(tmp_path):
 def test_models_too_large_for_one_message_are_verified_through_external_data(monkeypatch):
     """Above protobuf's 2 GiB limit onnxruntime gets a file with external data; the limit is
     lowered here so a small model takes that path."""
-    from onnx_net2net import verify as verify_module
+    from onnx_net2net import verification as verify_module
     monkeypatch.setattr(verify_module, "PROTOBUF_LIMIT", (64 << 20) + 1)
     wide = n2n.widen(MODEL, {"fc1": 40}, verify=False)
     report = verify_module.compare(onnx.load(str(MODEL)), wide)

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
 import onnx_net2net as n2n
-from onnx_net2net.verify import compare
+from onnx_net2net.verification import compare
 
 ACTIVATIONS = ["Relu", "Sigmoid", "Tanh", "LeakyRelu", "Softplus", "HardSwish", "Identity"]
 

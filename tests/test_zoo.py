@@ -13,7 +13,7 @@ import random
 import pytest
 
 import onnx_net2net as n2n
-from onnx_net2net.verify import compare_outputs, make_inputs, run
+from onnx_net2net.verification import compare_outputs, make_inputs, run
 from tools.zoo import ZOO, zoo_model
 
 pytestmark = pytest.mark.zoo

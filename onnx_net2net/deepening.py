@@ -18,7 +18,7 @@ from . import graph as G
 from .errors import Net2NetError
 from .tails import LAYER_OPS, Tail, find_tail, is_idempotent
 from .targets import aliases, suggest
-from .widen import is_pattern
+from .widening import is_pattern
 
 
 @dataclass
