@@ -141,9 +141,6 @@ class Analysis:
     def effect(self, kind: str, node: gs.Node, slot: int, axis: int, layout: Layout, **extra) -> None:
         self.effects.append(Effect(kind, node, slot, axis, layout, **extra))
 
-    def rank(self, tensor: gs.Tensor) -> int | None:
-        return G.rank(tensor)
-
     def describe(self, tensor: gs.Tensor) -> str:
         if tensor in self.graph.inputs:
             return f"graph input '{tensor.name}'"
