@@ -60,23 +60,12 @@ def find_layers(graph: gs.Graph, target: str, optional: bool = False) -> list[gs
     if not found:
         if optional:
             return []
-        if any(target in (n.name, *(t.name for t in n.outputs)) for n in _subgraph_nodes(graph)):
+        if any(target in (n.name, *(t.name for t in n.outputs)) for n in G.subgraph_nodes(graph)):
             raise Net2NetError(f"target '{target}' is inside a control-flow subgraph; only the main graph can deepen")
         raise Net2NetError(f"unknown target '{target}': no Conv, ConvTranspose, Gemm or MatMul (with constant "
                            f"weights) has that node, weight or module name{suggest(target, sorted(set(exact) | set(derived)))}")
     if len(found) > 1:
         raise Net2NetError(f"target '{target}' is ambiguous: {', '.join(G.label(n) for n in found)}")
-    return found
-
-
-def _subgraph_nodes(graph: gs.Graph) -> list[gs.Node]:
-    found = []
-    for node in graph.nodes:
-        for value in node.attrs.values():
-            for body in value if isinstance(value, list) else [value]:
-                if isinstance(body, gs.Graph):
-                    found.extend(body.nodes)
-                    found.extend(_subgraph_nodes(body))
     return found
 
 

@@ -103,6 +103,18 @@ def subgraph_inputs(node: gs.Node) -> list[str]:
     return names
 
 
+def subgraph_nodes(graph: gs.Graph) -> list[gs.Node]:
+    """Nodes of every If/Loop/Scan body, at any depth."""
+    found: list[gs.Node] = []
+    for node in graph.nodes:
+        for value in node.attrs.values():
+            for body in value if isinstance(value, list) else [value]:
+                if isinstance(body, gs.Graph):
+                    found.extend(body.nodes)
+                    found.extend(subgraph_nodes(body))
+    return found
+
+
 def has_subgraph(node: gs.Node) -> bool:
     return any(isinstance(v, gs.Graph) or (isinstance(v, list) and any(isinstance(x, gs.Graph) for x in v))
                for v in node.attrs.values())

@@ -46,8 +46,10 @@ class Tail:
         return ops[0] if len(ops) == 1 else "+".join(ops)
 
 
-def _single_consumer(tensor: gs.Variable, graph: gs.Graph) -> gs.Node | None:
-    if tensor in graph.outputs or len(tensor.outputs) != 1:
+def _single_consumer(tensor: gs.Variable, graph: gs.Graph, main: set[int]) -> gs.Node | None:
+    """The one node reading `tensor`, if it is in the main graph (a control-flow body reading
+    it counts as a second consumer)."""
+    if tensor in graph.outputs or len(tensor.outputs) != 1 or id(tensor.outputs[0]) not in main:
         return None
     return tensor.outputs[0]
 
@@ -60,9 +62,10 @@ def _with_constants(node: gs.Node, tensor: gs.Variable) -> bool:
 def find_tail(graph: gs.Graph, layer: gs.Node) -> Tail:
     tensor = layer.outputs[0]
     tail = Tail(layer, tensor)
+    main = {id(n) for n in graph.nodes}
     # per-unit affine part: bias Add, BatchNormalization, decomposed BN (Mul/Add constants)
     while True:
-        node = _single_consumer(tensor, graph)
+        node = _single_consumer(tensor, graph, main)
         if node is None or not G.is_default_domain(node):
             break
         if node.op == "BatchNormalization" and tail.batch_norm is None and _with_constants(node, tensor):
@@ -72,18 +75,18 @@ def find_tail(graph: gs.Graph, layer: gs.Node) -> Tail:
         else:
             break
         tensor = node.outputs[0]
-    region, exit_tensor = _activation_region(graph, tensor)
+    region, exit_tensor = _activation_region(graph, tensor, main)
     if region:
         tail.activation, tail.activation_input, tail.activation_output = region, tensor, exit_tensor
         tensor = exit_tensor
-        while (node := _single_consumer(tensor, graph)) is not None and node.op in _PASS \
+        while (node := _single_consumer(tensor, graph, main)) is not None and node.op in _PASS \
                 and node.inputs[0] is tensor and _with_constants(node, tensor):
             tensor = node.outputs[0]
     tail.end = tensor
     return tail
 
 
-def _activation_region(graph: gs.Graph, start: gs.Variable) -> tuple[list[gs.Node], gs.Variable | None]:
+def _activation_region(graph: gs.Graph, start: gs.Variable, main: set[int]) -> tuple[list[gs.Node], gs.Variable | None]:
     """The elementwise nodes computed from `start` and constants only, when they reconverge
     into one tensor: f(start) for some activation f."""
     region: list[gs.Node] = []
@@ -94,7 +97,8 @@ def _activation_region(graph: gs.Graph, start: gs.Variable) -> tuple[list[gs.Nod
         changed = False
         for tensor in list(known.values()):
             for node in tensor.outputs:
-                if id(node) in members or node.op not in ELEMENTWISE or not G.is_default_domain(node):
+                if id(node) in members or id(node) not in main or node.op not in ELEMENTWISE \
+                        or not G.is_default_domain(node):
                     continue
                 if all(t.name in known or G.is_constant(t) or G.is_empty(t) for t in node.inputs):
                     region.append(node)

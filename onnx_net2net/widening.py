@@ -187,7 +187,7 @@ def _uses_by_tensor(graph: gs.Graph, by_slot: dict) -> dict[str, tuple[gs.Consta
                     raise Net2NetError(f"{G.label(node)} ({node.op}): input '{tensor.name}' is not a constant")
                 touched[tensor.name] = tensor
     uses: dict[str, tuple[gs.Constant, list[tuple[gs.Node, int]]]] = {n: (t, []) for n, t in touched.items()}
-    for node in graph.nodes:
+    for node in list(graph.nodes) + G.subgraph_nodes(graph):  # uses in bodies keep the original values
         for slot, tensor in enumerate(node.inputs):
             if tensor.name in touched and tensor is touched[tensor.name]:
                 uses[tensor.name][1].append((node, slot))

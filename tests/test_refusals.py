@@ -90,3 +90,23 @@ def test_non_constant_weights_block():
         y = MatMul(h, w)
     }""", {"W1": (4, 5)})
     assert "MatMul between two activations" in group_of(model, "MatMul->h")["reason"]
+
+
+def _with_if_body():
+    return build(HEAD + """
+    g (float[1, 3, 4, 4] x, bool c) => (float[1, 6, 4, 4] y) {
+        a = Conv(x, Wa)
+        r = Relu(a)
+        y = If(c) <then_branch = then_g () => (float[1, 6, 4, 4] t) { t = Conv(r, Wt) },
+                    else_branch = else_g () => (float[1, 6, 4, 4] e) { e = Identity(r) }>
+    }""", {"Wa": (6, 3, 1, 1), "Wt": (6, 6, 1, 1)})
+
+
+def test_units_read_inside_control_flow_block():
+    group = group_of(_with_if_body(), "Conv->a")
+    assert not group["widenable"] and "used inside a control-flow body" in group["reason"]
+
+
+def test_deepen_target_inside_a_subgraph_is_refused():
+    with pytest.raises(n2n.Net2NetError, match="inside a control-flow subgraph"):
+        n2n.deepen(_with_if_body(), ["t"])

@@ -13,7 +13,7 @@ Each model is written twice: `models/torch_<name>.onnx` by the legacy TorchScrip
 (dynamo=False, opset 17) and `models/torch_<name>_dynamo.onnx` by the torch.export-based
 exporter (dynamo=True). Everything is seeded, models are in eval mode and every BatchNorm gets
 non-trivial running statistics and affine parameters, so no BatchNorm is an identity.
-Inputs have a dynamic leading axis named "batch" (and "seq" for gelu_mlp).
+Inputs have a dynamic leading axis named "batch" (and "seq" for gelu_mlp and the transformers).
 
 Both exporters fold an eval-mode BatchNorm into the preceding Conv by default (the legacy
 exporter's eval peephole pass, the dynamo exporter's onnxscript fuse-batchnorm rewrite), which
@@ -228,6 +228,118 @@ class GatedMLP(nn.Module):
         return self.w2(F.silu(self.w1(x)) * self.w3(x))
 
 
+class Transformer(nn.Module):
+    """Input [batch, seq, 16]: one post-norm encoder layer, then a head on the mean over seq."""
+
+    def __init__(self, activation: str = "relu") -> None:
+        super().__init__()
+        self.encoder = nn.TransformerEncoderLayer(
+            d_model=16, nhead=2, dim_feedforward=32, dropout=0.0, activation=activation,
+            batch_first=True)
+        self.head = nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder(x).mean(dim=1))
+
+
+class TransformerGelu(Transformer):
+    def __init__(self) -> None:
+        super().__init__(activation="gelu")
+
+
+def conv_bn_act(cin: int, cout: int, kernel: int = 3, stride: int = 1, groups: int = 1,
+                act: type[nn.Module] = nn.ReLU6) -> nn.Sequential:
+    """torchvision's Conv2dNormActivation layout: 0 conv, 1 BatchNorm, 2 activation."""
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, kernel, stride=stride, padding=kernel // 2, groups=groups, bias=False),
+        nn.BatchNorm2d(cout), act())
+
+
+class InvertedResidual(nn.Module):
+    """MobileNetV2 block: expand 1x1, depthwise 3x3, linear project 1x1; residual if shapes match."""
+
+    def __init__(self, cin: int, cout: int, stride: int, expand: int = 6) -> None:
+        super().__init__()
+        hidden = cin * expand
+        self.use_res_connect = stride == 1 and cin == cout
+        self.conv = nn.Sequential(
+            conv_bn_act(cin, hidden, 1),
+            conv_bn_act(hidden, hidden, 3, stride=stride, groups=hidden),
+            nn.Conv2d(hidden, cout, 1, bias=False),
+            nn.BatchNorm2d(cout),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv(x) if self.use_res_connect else self.conv(x)
+
+
+class MobileNetV2(nn.Module):
+    """Input [batch, 3, 16, 16]: stem 3->8 stride 2, blocks 8->8 (residual), 8->16 stride 2."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            conv_bn_act(3, 8, 3, stride=2),
+            InvertedResidual(8, 8, stride=1),
+            InvertedResidual(8, 16, stride=2),
+        )
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(self.pool(self.features(x)), 1))
+
+
+class SqueezeExcitation(nn.Module):
+    """torchvision's conv-based SE: pool, 1x1 reduce, SiLU, 1x1 expand, sigmoid, scale."""
+
+    def __init__(self, channels: int, squeeze: int) -> None:
+        super().__init__()
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc1 = nn.Conv2d(channels, squeeze, 1)
+        self.activation = nn.SiLU()
+        self.fc2 = nn.Conv2d(squeeze, channels, 1)
+        self.scale_activation = nn.Sigmoid()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.fc2(self.activation(self.fc1(self.avgpool(x))))
+        return x * self.scale_activation(s)
+
+
+class MBConv(nn.Module):
+    """EfficientNet block: expand 1x1, depthwise 3x3, SE on the expanded channels, project, add."""
+
+    def __init__(self, channels: int, expand: int = 4, squeeze: int = 4) -> None:
+        super().__init__()
+        hidden = channels * expand
+        self.block = nn.Sequential(
+            conv_bn_act(channels, hidden, 1, act=nn.SiLU),
+            conv_bn_act(hidden, hidden, 3, groups=hidden, act=nn.SiLU),
+            SqueezeExcitation(hidden, squeeze),
+            nn.Sequential(nn.Conv2d(hidden, channels, 1, bias=False), nn.BatchNorm2d(channels)),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.block(x)
+
+
+class EfficientNet(nn.Module):
+    """Input [batch, 3, 16, 16]: stem 3->8 stride 2, one MBConv (8->32->8), head 8->32, fc."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            conv_bn_act(3, 8, 3, stride=2, act=nn.SiLU),
+            MBConv(8),
+            conv_bn_act(8, 32, 1, act=nn.SiLU),
+        )
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(32, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
+
+
 # name -> (constructor, example input shape with batch first, names of dynamic axes)
 MODELS: dict[str, tuple[type[nn.Module], tuple[int, ...], dict[int, str]]] = {
     "mlp": (MLP, (2, 16), {0: "batch"}),
@@ -237,6 +349,10 @@ MODELS: dict[str, tuple[type[nn.Module], tuple[int, ...], dict[int, str]]] = {
     "mobilenet": (MobileNet, (2, 3, 16, 16), {0: "batch"}),
     "gelu_mlp": (GeluMLP, (2, 5, 16), {0: "batch", 1: "seq"}),
     "gated_mlp": (GatedMLP, (2, 16), {0: "batch"}),
+    "transformer": (Transformer, (2, 5, 16), {0: "batch", 1: "seq"}),
+    "transformer_gelu": (TransformerGelu, (2, 5, 16), {0: "batch", 1: "seq"}),
+    "mobilenetv2": (MobileNetV2, (2, 3, 16, 16), {0: "batch"}),
+    "efficientnet": (EfficientNet, (2, 3, 16, 16), {0: "batch"}),
 }
 
 
