@@ -165,11 +165,6 @@ def analyze(graph: gs.Graph) -> Analysis:
     from .rules import PRODUCER_OPS, rule_for
 
     analysis = Analysis(graph)
-    implicit: dict[str, list[gs.Node]] = {}
-    for node in graph.nodes:
-        for name in G.subgraph_inputs(node):
-            implicit.setdefault(name, []).append(node)
-
     for node in graph.nodes:
         ins = [analysis.layouts.get(t.name) if isinstance(t, gs.Variable) and t.name else None
                for t in node.inputs]
