@@ -97,7 +97,7 @@ class _Builder:
         self.graph, self.insertion, self.count = graph, insertion, 0
 
     def weight(self, suffix: str, values: np.ndarray) -> gs.Constant:
-        const = gs.Constant(f"{self.prefix}.{suffix}", np.ascontiguousarray(values))
+        const = gs.Constant(f"{self.prefix}.{suffix}", np.asarray(values, order="C"))
         self.insertion.weights.append(const.name)
         return const
 

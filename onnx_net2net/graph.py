@@ -258,7 +258,7 @@ def _export_initializer(out: onnx.GraphProto, tensor: gs.Constant) -> None:
             or tensor.values.dtype.kind not in "fiub":
         out.initializer.append(OnnxExporter.export_tensor_proto(tensor))
         return
-    values = np.ascontiguousarray(tensor.values)
+    values = np.asarray(tensor.values, order="C")  # ascontiguousarray would make scalars 1-D
     proto = out.initializer.add()
     proto.name = tensor.name
     proto.data_type = helper.np_dtype_to_tensor_dtype(values.dtype)

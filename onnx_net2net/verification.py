@@ -175,9 +175,7 @@ def _check(name: str, expected: np.ndarray, actual: np.ndarray, atol: float | No
         base.passed = bool(np.array_equal(expected, actual))
         return base
     e, a = expected.astype(np.float64), actual.astype(np.float64)
-    diff = np.abs(a - e)
-    both_nan = np.isnan(e) & np.isnan(a)
-    diff[both_nan] = 0.0
+    diff = np.where(np.isnan(e) & np.isnan(a), 0.0, np.abs(a - e))  # NaN where NaN is expected is a match
     base.max_abs = float(np.max(diff))
     base.max_rel = float(np.max(diff / np.maximum(np.abs(e), np.finfo(np.float32).tiny)))
     base.passed = bool(np.all(diff <= atol + rtol * np.abs(e)))

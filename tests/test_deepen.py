@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import onnx
 import pytest
@@ -13,7 +11,6 @@ from helpers import build, initializer
 from onnx_net2net.verification import compare
 
 HEAD = '<ir_version: 8, opset_import: ["" : {opset}]>'
-MODELS = Path(__file__).resolve().parent.parent / "models"
 
 
 def deepen_checked(model, targets, **kw) -> n2n.api.DeepenResult:
@@ -163,15 +160,6 @@ def test_deepen_twice_at_the_same_place_then_widen_the_new_layer():
     wide = n2n.widen(twice.model, {"c.n2n_deep0/conv": 10, "c.n2n_deep1.conv.weight": 9}, verify=False)
     report = compare(model, wide, atol=1e-5, rtol=1e-5)
     assert report.passed, report
-
-
-@pytest.mark.parametrize("name", ["torch_cnn_bn", "torch_resnet", "torch_densenet", "torch_mobilenet"])
-def test_exported_models_deepen_every_conv(name):
-    model = onnx.load(str(MODELS / f"{name}.onnx"))
-    points = n2n.inspect(model).deepen
-    exact = [p["target"] for p in points if p["exact"]]
-    deepen_checked(model, exact)
-    deepen_checked(model, [p["target"] for p in points], residual=True)
 
 
 def test_unknown_target_and_weightless_matmul():

@@ -11,12 +11,15 @@ import onnx_net2net as n2n
 from helpers import initializer, widen_checked
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
-ALL = sorted(p.stem for p in MODELS.glob("*.onnx"))
+ALL = sorted(p.stem for p in MODELS.glob("torch_*.onnx"))
 
-# Width groups found and widenable per exported model; pinned so coverage cannot silently drop.
+# Per exported model (torch legacy and dynamo exports agree): width groups found, widenable,
+# deepen points found, exact with an identity layer. Pinned so coverage cannot silently drop.
 EXPECTED = {
-    "torch_cnn_bn": (4, 3), "torch_densenet": (6, 5), "torch_gated_mlp": (2, 1), "torch_gelu_mlp": (3, 1),
-    "torch_mlp": (3, 2), "torch_mobilenet": (5, 2), "torch_resnet": (5, 4),
+    "torch_cnn_bn": (4, 3, 4, 4), "torch_densenet": (6, 5, 6, 6), "torch_gated_mlp": (2, 1, 3, 2),
+    "torch_gelu_mlp": (3, 1, 3, 2), "torch_mlp": (3, 2, 3, 3), "torch_mobilenet": (5, 2, 7, 6),
+    "torch_resnet": (5, 4, 7, 7), "torch_transformer": (5, 1, 5, 5), "torch_transformer_gelu": (5, 1, 5, 4),
+    "torch_mobilenetv2": (5, 4, 8, 8), "torch_efficientnet": (5, 4, 8, 2),
 }
 
 
@@ -25,10 +28,23 @@ def load(name: str) -> onnx.ModelProto:
 
 
 @pytest.mark.parametrize("name", ALL)
-def test_group_counts_are_pinned(name):
-    groups = n2n.inspect(MODELS / f"{name}.onnx").groups
-    expected = EXPECTED[name.removesuffix("_dynamo")]
-    assert (len(groups), sum(g["widenable"] for g in groups)) == expected
+def test_counts_are_pinned(name):
+    found = n2n.inspect(MODELS / f"{name}.onnx")
+    counts = (len(found.groups), sum(g["widenable"] for g in found.groups),
+              len(found.deepen), sum(p["exact"] for p in found.deepen))
+    assert counts == EXPECTED[name.removesuffix("_dynamo")]
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_every_deepen_point_deepens(name):
+    model = load(name)
+    points = n2n.inspect(model).deepen
+    deep = n2n.deepen(model, [p["target"] for p in points if p["exact"]], verify=False)
+    onnx.checker.check_model(deep, full_check=True)
+    assert n2n.verify(model, deep, atol=0.0, rtol=0.0).passed  # identity layers are bit-exact
+    residual = n2n.deepen(model, [p["target"] for p in points], residual=True, verify=False)
+    onnx.checker.check_model(residual, full_check=True)
+    assert n2n.verify(model, residual, atol=0.0, rtol=0.0).passed
 
 
 @pytest.mark.parametrize("name", ALL)

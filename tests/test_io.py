@@ -106,3 +106,20 @@ def test_models_too_large_for_one_message_are_verified_through_external_data(mon
     wide = n2n.widen(MODEL, {"fc1": 40}, verify=False)
     report = verify_module.compare(onnx.load(str(MODEL)), wide)
     assert report.passed and report.outputs[0].max_abs < 1e-5
+
+
+def test_scalar_constants_stay_scalars():
+    """Folded scalar constants (Gather indices, Clip bounds) must keep rank 0."""
+    model = build(HEAD + """
+    g (float[2, 4] x) => (float[2, 3] y) {
+        h = MatMul(x, W1)
+        lo = Constant<value=float {0.0}>()
+        c = Clip(h, lo)
+        shp = Shape(c)
+        i = Constant<value=int64 {0}>()
+        n = Gather(shp, i)
+        y = MatMul(c, W2)
+    }""", {"W1": (4, 5), "W2": (5, 3)})
+    model.graph.output.append(onnx.helper.make_tensor_value_info("n", onnx.TensorProto.INT64, []))
+    wide = widen_checked(model, {"W1": 8})
+    assert {t.name: list(t.dims) for t in wide.graph.initializer if t.name in ("lo", "i")} == {"lo": [], "i": []}

@@ -13,7 +13,7 @@ Each model is written twice: `models/torch_<name>.onnx` by the legacy TorchScrip
 (dynamo=False, opset 17) and `models/torch_<name>_dynamo.onnx` by the torch.export-based
 exporter (dynamo=True). Everything is seeded, models are in eval mode and every BatchNorm gets
 non-trivial running statistics and affine parameters, so no BatchNorm is an identity.
-Inputs have a dynamic leading axis named "batch" (and "seq" for gelu_mlp and the transformers).
+Inputs have a dynamic leading axis "batch" (and "seq" for gelu_mlp and transformers: LEGACY_AXES).
 
 Both exporters fold an eval-mode BatchNorm into the preceding Conv by default (the legacy
 exporter's eval peephole pass, the dynamo exporter's onnxscript fuse-batchnorm rewrite), which
@@ -256,7 +256,7 @@ def conv_bn_act(cin: int, cout: int, kernel: int = 3, stride: int = 1, groups: i
 
 
 class InvertedResidual(nn.Module):
-    """MobileNetV2 block: expand 1x1, depthwise 3x3, linear project 1x1; residual if shapes match."""
+    """MobileNetV2 block: expand 1x1, depthwise 3x3, linear project 1x1; add x if shapes match."""
 
     def __init__(self, cin: int, cout: int, stride: int, expand: int = 6) -> None:
         super().__init__()
@@ -355,6 +355,14 @@ MODELS: dict[str, tuple[type[nn.Module], tuple[int, ...], dict[int, str]]] = {
     "efficientnet": (EfficientNet, (2, 3, 16, 16), {0: "batch"}),
 }
 
+# The legacy tracer bakes the example's sequence length into nn.MultiheadAttention's key/value
+# Reshapes (pytorch/pytorch#117209), so its transformer exports keep seq fixed at 5 rather than
+# declare a dynamic axis they cannot honour. The dynamo exports keep both axes dynamic.
+LEGACY_AXES: dict[str, dict[int, str]] = {
+    "transformer": {0: "batch"},
+    "transformer_gelu": {0: "batch"},
+}
+
 
 # ----------------------------------------------------------------------------- building
 
@@ -385,7 +393,7 @@ def build(name: str) -> tuple[nn.Module, torch.Tensor]:
 
 def export_legacy(name: str, path: Path, keep_bn: bool = True) -> None:
     model, x = build(name)
-    axes = MODELS[name][2]
+    axes = LEGACY_AXES.get(name, MODELS[name][2])
     # PRESERVE (with the model in eval mode) skips the eval peephole pass that folds BN into Conv.
     training = torch.onnx.TrainingMode.PRESERVE if keep_bn else torch.onnx.TrainingMode.EVAL
     with warnings.catch_warnings():
