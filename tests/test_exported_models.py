@@ -1,4 +1,5 @@
-"""Models made by real exporters (torch.onnx legacy and dynamo), committed under models/."""
+"""Models made by real exporters, committed under models/: torch.onnx (legacy and dynamo),
+skl2onnx, tf2onnx (Keras) and jax2onnx."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import onnx_net2net as n2n
 from helpers import initializer, widen_checked
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
-ALL = sorted(p.stem for p in MODELS.glob("torch_*.onnx"))
+ALL = sorted(p.stem for p in MODELS.glob("*.onnx"))
 
 # Per exported model (torch legacy and dynamo exports agree): width groups found, widenable,
 # deepen points found, exact with an identity layer. Pinned so coverage cannot silently drop.
@@ -20,6 +21,9 @@ EXPECTED = {
     "torch_gelu_mlp": (3, 1, 3, 2), "torch_mlp": (3, 2, 3, 3), "torch_mobilenet": (5, 2, 7, 6),
     "torch_resnet": (5, 4, 7, 7), "torch_transformer": (5, 1, 5, 5), "torch_transformer_gelu": (5, 1, 5, 4),
     "torch_mobilenetv2": (5, 4, 8, 8), "torch_efficientnet": (5, 4, 8, 2),
+    # skl2onnx, tf2onnx (Keras 3) and jax2onnx exports (tools/export_other_models.py)
+    "sklearn_mlp_classifier": (3, 2, 3, 3), "sklearn_mlp_regressor": (2, 1, 2, 1),
+    "keras_mlp": (2, 1, 2, 2), "keras_cnn": (4, 2, 4, 3), "jax_mlp": (2, 1, 2, 2), "jax_cnn": (4, 2, 4, 4),
 }
 
 
