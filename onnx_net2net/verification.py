@@ -81,9 +81,14 @@ def _runtime_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
 
 
 def make_inputs(model: onnx.ModelProto, dims: dict[str, int] | None = None, seed: int = 0,
-                int_range: tuple[int, int] | None = None, notes: list[str] | None = None) -> dict[str, np.ndarray]:
-    """Seeded random inputs from the model's input specs; dynamic dims from `dims` or 1."""
+                int_range: tuple[int, int] | None = None, notes: list[str] | None = None,
+                strict_dims: bool = True) -> dict[str, np.ndarray]:
+    """Seeded random inputs from the model's input specs; dynamic dims from `dims` or 1.
+
+    A dim is named by its symbol ('batch') or, when it has none, as INPUT:AXIS ('x:0');
+    with `strict_dims`, naming a dim the model does not have is an error, not a no-op."""
     dims = dims or {}
+    known: set[str] = set()
     low, high = int_range or DEFAULT_INT_RANGE
     rng = np.random.default_rng(seed)
     feeds: dict[str, np.ndarray] = {}
@@ -98,6 +103,7 @@ def make_inputs(model: onnx.ModelProto, dims: dict[str, int] | None = None, seed
                 shape.append(d.dim_value)
             else:
                 key = d.dim_param or f"{vi.name}:{i}"
+                known.add(key)
                 shape.append(int(dims.get(key, dims.get(d.dim_param, DEFAULT_DIM))))
                 if key not in dims:
                     defaulted.add(key)
@@ -110,6 +116,10 @@ def make_inputs(model: onnx.ModelProto, dims: dict[str, int] | None = None, seed
             feeds[vi.name] = rng.integers(low, high, size=shape).astype(dtype)
         else:
             raise Net2NetError(f"input '{vi.name}' has dtype {dtype}; give inputs with --inputs FILE.npz")
+    unknown = sorted(set(dims) - known)
+    if unknown and strict_dims:
+        listed = ", ".join(sorted(known)) or "none"
+        raise Net2NetError(f"--dim {unknown[0]}: the model has no dynamic input dim of that name (its dynamic dims: {listed})")
     if defaulted and notes is not None:
         notes.append(f"dynamic dims {', '.join(sorted(defaulted))} set to {DEFAULT_DIM} (change with --dim NAME=VALUE)")
     return feeds
@@ -125,11 +135,11 @@ def load_inputs(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
 def compare(original: onnx.ModelProto, rewritten: onnx.ModelProto, feeds: dict[str, np.ndarray] | None = None,
             dims: dict[str, int] | None = None, seed: int = 0, atol: float | None = None,
-            rtol: float | None = None, int_range: tuple[int, int] | None = None) -> Report:
+            rtol: float | None = None, int_range: tuple[int, int] | None = None, strict_dims: bool = True) -> Report:
     """Run both models on the same inputs and check names, dtypes, shapes and values."""
     notes: list[str] = []
     if feeds is None:
-        feeds = make_inputs(original, dims, seed, int_range, notes)
+        feeds = make_inputs(original, dims, seed, int_range, notes, strict_dims)
     expected_names = [o.name for o in original.graph.output]
     actual_names = [o.name for o in rewritten.graph.output]
     if expected_names != actual_names:

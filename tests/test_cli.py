@@ -107,6 +107,8 @@ def test_verify_dims_and_npz_inputs(tmp_path):
     assert doc["inputs"]["x"]["shape"] == [5, 3, 8, 8] and doc["notes"] == []
     doc = json.loads(invoke("verify", MODEL, MODEL, "--json").stdout)
     assert "batch" in doc["notes"][0]
+    wrong = invoke("verify", MODEL, MODEL, "--dim", "bacth=5")
+    assert wrong.exit_code == 2 and "no dynamic input dim of that name (its dynamic dims: batch)" in wrong.stderr
 
 
 def test_console_script_and_module_entry_points(tmp_path):
