@@ -131,7 +131,8 @@ class Analysis:
 
     def require_partitions(self, layout: Layout, partitions: int, node: gs.Node) -> bool:
         """Grouped convolution: each new unit must stay inside its group's block of units."""
-        if len(layout.segments) != 1 or layout.segments[0].space is None or layout.segments[0].block != 1:
+        if len(layout.segments) != 1 or layout.segments[0].space is None or layout.segments[0].block != 1 \
+                or layout.outer != 1:
             self.block(layout, node, f"grouped convolution (group={partitions}) over concatenated or flattened units")
             return False
         root = self.find(layout.segments[0].space)

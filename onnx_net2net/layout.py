@@ -1,4 +1,5 @@
-"""How unit spaces sit on a tensor axis: plain, blocked (flatten) or segmented (concat)."""
+"""How unit spaces sit on a tensor axis: plain, blocked (flatten), segmented (concat) or
+tiled (a channels-last flatten, where the units vary fastest and repeat for every position)."""
 
 from __future__ import annotations
 
@@ -23,11 +24,15 @@ class Segment:
 
 @dataclass(frozen=True)
 class Layout:
-    """The one axis of a tensor that carries units, and how they are laid out along it."""
+    """The one axis of a tensor that carries units, and how they are laid out along it.
+
+    Along the axis, the pattern of `segments` repeats `outer` times: NHWC -> Flatten gives
+    outer = H*W, each repeat holding every channel once."""
 
     axis: int
     rank: int
     segments: tuple[Segment, ...]
+    outer: int = 1
 
     @staticmethod
     def plain(space: int, units: int, axis: int, rank: int) -> Layout:
@@ -35,7 +40,7 @@ class Layout:
 
     @property
     def size(self) -> int:
-        return sum(s.size for s in self.segments)
+        return self.outer * sum(s.size for s in self.segments)
 
     @property
     def spaces(self) -> set[int]:
@@ -48,12 +53,16 @@ class Layout:
         """Each unit's block grows by `factor` (channel multiplier, trailing dims merged in)."""
         return replace(self, segments=tuple(replace(s, block=s.block * factor) for s in self.segments))
 
+    def tiled(self, factor: int) -> Layout:
+        """The pattern repeats `factor` more times (leading dims merged in before the units)."""
+        return replace(self, outer=self.outer * factor)
+
     def canonical(self, find: Callable[[int], int]) -> Layout:
         return replace(self, segments=tuple(s if s.space is None else replace(s, space=find(s.space))
                                             for s in self.segments))
 
     def same_structure(self, other: Layout) -> bool:
-        return (self.axis == other.axis and len(self.segments) == len(other.segments)
+        return (self.axis == other.axis and self.outer == other.outer and len(self.segments) == len(other.segments)
                 and all(a.units == b.units and a.block == b.block and (a.space is None) == (b.space is None)
                         for a, b in zip(self.segments, other.segments)))
 
@@ -85,7 +94,11 @@ def axis_plan(layout: Layout, mappings: dict[int, Mapping]) -> tuple[np.ndarray,
             indices.append(offset + (mapping.source[:, None] * seg.block + within[None, :]).reshape(-1))
             counts.append(np.repeat(mapping.counts[mapping.source], seg.block))
         offset += seg.size
-    return np.concatenate(indices), np.concatenate(counts)
+    pattern, pattern_counts = np.concatenate(indices), np.concatenate(counts)
+    if layout.outer == 1:
+        return pattern, pattern_counts
+    repeats = np.arange(layout.outer)[:, None] * offset
+    return (repeats + pattern[None, :]).reshape(-1), np.tile(pattern_counts, layout.outer)
 
 
 def new_size(layout: Layout, mappings: dict[int, Mapping]) -> int:
@@ -93,4 +106,4 @@ def new_size(layout: Layout, mappings: dict[int, Mapping]) -> int:
     for seg in layout.segments:
         mapping = mappings.get(seg.space) if seg.space is not None else None
         total += seg.size if mapping is None else mapping.width * seg.block
-    return total
+    return total * layout.outer

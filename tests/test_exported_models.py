@@ -23,7 +23,7 @@ EXPECTED = {
     "torch_mobilenetv2": (5, 4, 8, 8), "torch_efficientnet": (5, 4, 8, 2),
     # skl2onnx, tf2onnx (Keras 3) and jax2onnx exports (tools/export_other_models.py)
     "sklearn_mlp_classifier": (3, 2, 3, 3), "sklearn_mlp_regressor": (2, 1, 2, 1),
-    "keras_mlp": (2, 1, 2, 2), "keras_cnn": (4, 2, 4, 3), "jax_mlp": (2, 1, 2, 2), "jax_cnn": (4, 2, 4, 4),
+    "keras_mlp": (2, 1, 2, 2), "keras_cnn": (4, 3, 4, 3), "jax_mlp": (2, 1, 2, 2), "jax_cnn": (4, 3, 4, 4),
 }
 
 

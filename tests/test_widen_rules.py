@@ -308,3 +308,29 @@ def test_noise_breaks_symmetry_and_is_reported_not_exact():
     w = initializer(result.model, "W1")
     assert np.array_equal(w[:, :5], initializer(model, "W1"))
     assert len({tuple(np.round(col, 7)) for col in w.T}) == 10
+
+
+@pytest.mark.parametrize("flatten", ["Flatten", "ReshapeConst", "ReshapeConcat"])
+def test_channels_last_flatten_into_gemm(flatten):
+    """NHWC -> flatten (Keras, JAX exports): the channels repeat for every position."""
+    op = {
+        "Flatten": "f = Flatten(t)",
+        "ReshapeConst": "shp = Constant<value=int64[2] {2, 36}>()\n        f = Reshape(t, shp)",
+        # the shape Keras and JAX exports build: Concat(batch dim read at runtime, [features])
+        "ReshapeConcat": """s = Shape(t)
+        i0 = Constant<value=int64[1] {0}>()
+        n = Gather(s, i0)
+        rest = Constant<value=int64[1] {36}>()
+        shp = Concat<axis=0>(n, rest)
+        f = Reshape(t, shp)""",
+    }[flatten]
+    model = build(HEAD.format(opset=14) + f"""
+    g (float[2, 3, 3, 3] x) => (float[2, 5] y) {{
+        c = Conv<pads=[1, 1, 1, 1]>(x, W1, B1)
+        r = Relu(c)
+        t = Transpose<perm=[0, 2, 3, 1]>(r)
+        {op}
+        y = Gemm<transB=1>(f, W2, B2)
+    }}""", {"W1": (4, 3, 3, 3), "B1": (4,), "W2": (5, 36), "B2": (5,)})
+    wide = widen_checked(model, {"W1": 7})
+    assert initializer(wide, "W2").shape == (5, 63)

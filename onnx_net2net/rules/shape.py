@@ -84,6 +84,15 @@ def shape_entries(tensor: gs.Tensor) -> list[Dim | int | None] | None:
             parts = [shape_entries(t) for t in producer.inputs]
             if all(p is not None for p in parts):
                 return [e for p in parts for e in p]
+        if op == "Slice" and len(producer.inputs) >= 3:
+            source = shape_entries(producer.inputs[0])
+            bounds = [G.constant(t) if not G.is_empty(t) else None for t in producer.inputs[1:5]] + [None] * 4
+            starts, ends, axes, steps = bounds[:4]
+            if source is not None and starts is not None and ends is not None and \
+                    (axes is None or axes.reshape(-1).tolist() in ([0], [-1])) and \
+                    (steps is None or steps.reshape(-1).tolist() == [1]):
+                start, end = int(starts.reshape(-1)[0]), int(ends.reshape(-1)[0])
+                return source[max(start, -len(source)):min(end, len(source)) if end >= 0 else end]
         if op == "Gather" and int(G.attr(producer, "axis", 0)) == 0:
             source, index = shape_entries(producer.inputs[0]), G.constant(producer.inputs[1])
             if source is not None and index is not None:
@@ -91,6 +100,30 @@ def shape_entries(tensor: gs.Tensor) -> list[Dim | int | None] | None:
     dims = G.shape(tensor)
     if dims is not None and len(dims) == 1 and isinstance(dims[0], int):
         return [None] * dims[0]
+    return None
+
+
+def entry_origin(tensor: gs.Tensor, index: int) -> tuple[gs.Node, int, int] | None:
+    """Where entry `index` of a runtime shape tensor is a literal: (node, input slot, position)
+    of the constant piece of a Concat that holds it (through Cast/Identity), so it can be
+    rewritten. Keras and JAX exports build flatten shapes as Concat(batch dim, [features])."""
+    producer = tensor.inputs[0] if tensor.inputs else None
+    if producer is None or not G.is_default_domain(producer):
+        return None
+    if producer.op in ("Cast", "Identity"):
+        return entry_origin(producer.inputs[0], index)
+    if producer.op != "Concat":
+        return None
+    offset = 0
+    for slot, piece in enumerate(producer.inputs):
+        entries = shape_entries(piece)
+        if entries is None:
+            return None
+        if index < offset + len(entries):
+            if G.is_constant(piece):
+                return producer, slot, index - offset
+            return entry_origin(piece, index - offset)
+        offset += len(entries)
     return None
 
 
@@ -148,19 +181,20 @@ def squeeze(analysis: Analysis, node: gs.Node, ins: list[Layout | None]) -> list
 
 @register("Flatten")
 def flatten(analysis: Analysis, node: gs.Node, ins: list[Layout | None]) -> list[Layout | None]:
-    """Conv -> Flatten -> Gemm: each channel becomes a contiguous block of H*W features."""
+    """Conv -> Flatten -> Gemm: each channel becomes a contiguous block of H*W features
+    (channels-first), or the channels repeat for each of the H*W positions (channels-last)."""
     x = ins[0]
     axis = int(G.attr(node, "axis", 1))
     axis = axis + x.rank if axis < 0 else axis
     dims = _dims(node.inputs[0])
-    if dims is None or x.axis < axis or _product(dims[axis:x.axis]) != Dim(1):
-        analysis.block(x, node, "merges the unit axis with a leading axis (units would not stay contiguous)")
+    if dims is None or x.axis < axis:
+        analysis.block(x, node, "merges the unit axis into the leading (batch) part")
         return [None]
-    trailing = _product(dims[x.axis + 1:])
-    if not trailing.known:
+    leading, trailing = _product(dims[axis:x.axis]), _product(dims[x.axis + 1:])
+    if not (leading.known and trailing.known):
         analysis.block(x, node, "flattens the unit axis with dims of unknown size")
         return [None]
-    return [x.scaled(trailing.coef).moved(1, 2)]
+    return [x.scaled(trailing.coef).tiled(leading.coef).moved(1, 2)]
 
 
 @register("Reshape")
@@ -196,36 +230,42 @@ def reshape(analysis: Analysis, node: gs.Node, ins: list[Layout | None]) -> list
     if any(o is None for o in out):
         analysis.block(x, node, "target shape cannot be resolved")
         return [None]
-    before = _product(in_dims[:x.axis])
-    found = None
-    for v in range(len(out)):
-        if _product(out[:v]) != before:
-            continue
-        for j in range(x.axis + 1, x.rank + 1):
-            trailing = _product(in_dims[x.axis + 1:j])
-            if trailing.known and out[v] == Dim(x.size * trailing.coef):
-                found = (v, trailing.coef)
-                break
-        if found:
-            break
+    found = _merged_axis(in_dims, out, x)
     if found is None:
-        analysis.block(x, node, "splits the unit axis or merges it with a leading axis")
+        analysis.block(x, node, "splits the unit axis or merges it with a dim of unknown size")
         return [None]
-    v, merged = found
+    v, leading, merged = found
     entry = entries[v]
-    layout = x.scaled(merged).moved(v, len(out))
+    layout = x.scaled(merged).tiled(leading).moved(v, len(out))
     if isinstance(entry, int) and entry > 0:
-        if not G.is_constant(node.inputs[1]):
+        origin = (node, 1, v) if G.is_constant(node.inputs[1]) else entry_origin(node.inputs[1], v)
+        if origin is None:
             analysis.block(x, node, "the unit axis's size is baked into a shape computed at runtime")
             return [None]
-        analysis.effect("entry", node, 1, v, layout)
-    elif entry == 0 and (v != x.axis or merged != 1):
+        analysis.effect("entry", *origin, layout)
+    elif entry == 0 and (v != x.axis or merged != 1 or leading != 1):
         analysis.block(x, node, "copies a dim (0) that does not follow the unit axis")
         return [None]
     elif entry is None or isinstance(entry, Dim) and not _follows(analysis, entry, x, merged):
         analysis.block(x, node, "the unit axis's size comes from a runtime shape that does not follow the units")
         return [None]
     return [layout]
+
+
+def _merged_axis(in_dims: list[Dim], out: list[Dim], x: Layout) -> tuple[int, int, int] | None:
+    """The output axis holding every unit whole: input dims j..u-1 (leading, known sizes) and
+    u+1..k-1 (trailing) merged with the unit axis u. Returns (axis, leading, trailing)."""
+    for v in range(len(out)):
+        prefix = _product(out[:v])
+        for j in range(x.axis, -1, -1):
+            leading = _product(in_dims[j:x.axis])
+            if _product(in_dims[:j]) != prefix or not leading.known:
+                continue
+            for k in range(x.axis + 1, x.rank + 1):
+                trailing = _product(in_dims[x.axis + 1:k])
+                if trailing.known and out[v] == Dim(leading.coef * x.size * trailing.coef):
+                    return v, leading.coef, trailing.coef
+    return None
 
 
 def _follows(analysis: Analysis, entry: Dim, x: Layout, merged: int) -> bool:
@@ -246,6 +286,9 @@ def concat(analysis: Analysis, node: gs.Node, ins: list[Layout | None]) -> list[
     axis = int(G.attr(node, "axis"))
     axis = axis + rank if axis < 0 else axis
     if all(x.axis == axis for x in present):
+        if any(x.outer != 1 for x in present):
+            analysis.block(present, node, "concatenates units tiled along the axis")
+            return [None]
         segments: list[Segment] = []
         for tensor, x in zip(node.inputs, ins):
             if x is not None:
