@@ -32,6 +32,12 @@ class Insertion:
     layers: list[str] = field(default_factory=list)  # the inserted Conv/Gemm/MatMul nodes
 
 
+def deepenable(node: gs.Node) -> bool:
+    """Layers with a constant weight whose output keeps a unit axis (not MatMul by a vector)."""
+    weight = node.inputs[1] if len(node.inputs) > 1 else None
+    return weight is not None and G.is_constant(weight) and len(weight.shape) >= 2
+
+
 def find_layers(graph: gs.Graph, target: str, optional: bool = False) -> list[gs.Node]:
     """Conv/ConvTranspose/Gemm/MatMul layers named by node, weight or module name, or every
     layer a glob pattern over those names matches."""
@@ -41,7 +47,7 @@ def find_layers(graph: gs.Graph, target: str, optional: bool = False) -> list[gs
     for node in graph.nodes:
         if node.op not in LAYER_OPS or not G.is_default_domain(node):
             continue
-        if node.op == "MatMul" and not G.is_constant(node.inputs[1]):
+        if not deepenable(node):
             continue
         names, implied = aliases(node)
         for name in aliases(node, outputs=False)[0] | implied:
@@ -82,7 +88,7 @@ def plan_point(graph: gs.Graph, layer: gs.Node) -> dict:
 
 def deepen_points(graph: gs.Graph) -> list[dict]:
     return [plan_point(graph, n) for n in graph.nodes
-            if n.op in LAYER_OPS and G.is_default_domain(n) and (n.op != "MatMul" or G.is_constant(n.inputs[1]))]
+            if n.op in LAYER_OPS and G.is_default_domain(n) and deepenable(n)]
 
 
 class _Builder:

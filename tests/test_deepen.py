@@ -166,3 +166,20 @@ def test_unknown_target_and_weightless_matmul():
     model = conv_model(2, "Relu")
     with pytest.raises(n2n.Net2NetError, match="unknown target 'W3'.*did you mean"):
         n2n.deepen(model, ["W3"])
+
+
+def test_conv_transpose_target_and_matmul_by_a_vector_is_no_deepen_point():
+    model = build(HEAD.format(opset=17) + """
+    g (float[1, 3, 4, 4] x) => (float[1, 2, 8, 8] y, float[1, 2, 8] z) {
+        t = ConvTranspose<strides=[2, 2], kernel_shape=[2, 2]>(x, Wt, Bt)
+        r = Relu(t)
+        y = Conv(r, Wc)
+        z = MatMul(y, v)
+    }""", {"Wt": (3, 5, 2, 2), "Bt": (5,), "Wc": (2, 5, 1, 1), "v": np.ones(8, np.float32)})
+    points = {p["target"]: p for p in n2n.inspect(model).deepen}
+    assert set(points) == {"ConvTranspose->t", "Conv->y"}
+    result = deepen_checked(model, ["Wt"])
+    weight = next(initializer(result.model, w) for w in result.inserted[0]["weights"] if w.endswith("conv.weight"))
+    assert weight.shape == (5, 5, 3, 3)  # the even 2x2 kernel of the target falls back to 3
+    with pytest.raises(n2n.Net2NetError, match="unknown target 'v'"):
+        n2n.deepen(model, ["v"])

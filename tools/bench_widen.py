@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -50,6 +51,7 @@ def _measure(mode: str, source: str, target: str, factor: str) -> dict:
 
 
 def _run(mode: str, source: Path, target: Path, factor: str) -> dict:
+    os.sync()  # flush earlier runs' dirty pages so their write-back is not billed to this one
     done = subprocess.run([sys.executable, __file__, "--measure", mode, str(source), str(target), factor],
                           capture_output=True, text=True, cwd=ROOT, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
