@@ -13,8 +13,9 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(BIN)/onnx-net2net inspect models/torch_cnn_bn.onnx
-	$(BIN)/onnx-net2net widen models/torch_cnn_bn.onnx -o build/cnn_wide.onnx conv2=x2 fc1=x1.5 --force
-	$(BIN)/onnx-net2net verify models/torch_cnn_bn.onnx build/cnn_wide.onnx
+	$(BIN)/onnx-net2net widen models/torch_cnn_bn.onnx -o build/cnn_wide.onnx conv2=x2 fc1=x1.5 --force --dim batch=4
+	$(BIN)/onnx-net2net deepen build/cnn_wide.onnx -o build/cnn_grown.onnx conv2 fc1 --force --dim batch=4
+	$(BIN)/onnx-net2net verify models/torch_cnn_bn.onnx build/cnn_grown.onnx --dim batch=4
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
