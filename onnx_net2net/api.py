@@ -132,7 +132,9 @@ def deepen_model(source: str | os.PathLike[str] | onnx.ModelProto, targets: list
             if id(layer) not in seen:
                 seen.add(id(layer))
                 layers.append((target if not W.is_pattern(target) else G.label(layer), layer))
-    inserted = [D.insert(graph, t, layer, kernel, residual, batch_norm, rng) for t, layer in layers]
+    taken = D.taken_prefixes(graph)
+    inserted = [D.insert(graph, t, layer, kernel, residual, batch_norm, rng, taken) for t, layer in layers]
+    graph.toposort()
     G.infer_shapes(graph)
     model = G.export_model(graph, loaded.model)
     result = DeepenResult(model, [vars(i) for i in inserted], before, parameter_count(graph))

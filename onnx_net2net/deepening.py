@@ -94,12 +94,12 @@ def deepen_points(graph: gs.Graph) -> list[dict]:
 class _Builder:
     """Creates uniquely and readably named nodes, tensors and weights for one insertion."""
 
-    def __init__(self, graph: gs.Graph, base: str, insertion: Insertion) -> None:
-        taken = {n.name for n in graph.nodes} | set(graph.tensors())
+    def __init__(self, graph: gs.Graph, base: str, insertion: Insertion, taken: set[str]) -> None:
         index = 0
-        while any(name.startswith(f"{base}.n2n_deep{index}") for name in taken):
+        while f"{base}.n2n_deep{index}" in taken:
             index += 1
         self.prefix = f"{base}.n2n_deep{index}"
+        taken.add(self.prefix)
         self.graph, self.insertion, self.count = graph, insertion, 0
 
     def weight(self, suffix: str, values: np.ndarray) -> gs.Constant:
@@ -148,9 +148,16 @@ def _channels(layer: gs.Node, tail: Tail) -> tuple[int, int]:
     return units, rank
 
 
+def taken_prefixes(graph: gs.Graph) -> set[str]:
+    """Prefixes of earlier insertions ('conv3.n2n_deep0'), so new ones get the next number."""
+    names = [n.name for n in graph.nodes] + list(graph.tensors())
+    return {name[:m.end()] for name in names if name for m in re.finditer(r"\.n2n_deep\d+", name)}
+
+
 def insert(graph: gs.Graph, target: str, layer: gs.Node, kernel: int | None, residual: bool, batch_norm: bool,
-           rng: np.random.Generator) -> Insertion:
-    """Insert one identity layer (or residual block) after `layer`'s tail; returns what was added."""
+           rng: np.random.Generator, taken: set[str]) -> Insertion:
+    """Insert one identity layer (or residual block) after `layer`'s tail; returns what was added.
+    The caller toposorts once all insertions are made."""
     tail = find_tail(graph, layer)
     if tail.activation and not residual and not is_idempotent(graph, tail):
         name = tail.activation_name
@@ -167,12 +174,12 @@ def insert(graph: gs.Graph, target: str, layer: gs.Node, kernel: int | None, res
         if kernel % 2 == 0 or kernel < 1:
             raise Net2NetError(f"--kernel {kernel} must be odd (an even kernel cannot keep the size centred)")
     insertion = Insertion(target, layer.op)
-    build = _Builder(graph, _base_name(layer), insertion)
+    build = _Builder(graph, _base_name(layer), insertion, taken)
 
     # The tail's last tensor keeps its name (it may be a graph output) and becomes the new
     # block's output; its producer now writes to a fresh tensor the block reads.
     end = tail.end
-    source = gs.Variable(f"{end.name}__n2n_in{build.prefix.rsplit('n2n_deep', 1)[1]}", dtype=end.dtype)
+    source = gs.Variable(f"{build.prefix}/input", dtype=end.dtype)  # unique as the prefix is
 
     def linear(x: gs.Variable, weight: np.ndarray, part: str) -> gs.Variable:
         if conv:
@@ -208,7 +215,6 @@ def insert(graph: gs.Graph, target: str, layer: gs.Node, kernel: int | None, res
     producer.outputs[producer.outputs.index(end)] = source
     last = x.inputs[0]
     last.outputs[last.outputs.index(x)] = end
-    graph.toposort()
     return insertion
 
 

@@ -115,13 +115,41 @@ def _activation_region(graph: gs.Graph, start: gs.Variable, main: set[int]) -> t
     return sorted(region, key=lambda n: order[id(n)]), exits[0]
 
 
+_IDEMPOTENT: dict[tuple, bool] = {}
+
+
 def is_idempotent(graph: gs.Graph, tail: Tail) -> bool:
-    """f(f(x)) == f(x) on varied inputs, evaluated by onnxruntime on the activation alone."""
+    """f(f(x)) == f(x) on varied inputs, evaluated by onnxruntime on the activation alone
+    (remembered per activation, since deep networks repeat the same one many times)."""
+    dims = [d if isinstance(d, int) else 2 for d in (G.shape(tail.activation_input) or [])] or [8]
+    dtype = tail.activation_input.dtype or np.float32
+    produced = {t.name: (i, j) for i, n in enumerate(tail.activation) for j, t in enumerate(n.outputs)}
+    key = (G.opset(graph), np.dtype(dtype).str, tuple(dims),
+           tuple(_signature(n, tail, produced) for n in tail.activation))
+    if key not in _IDEMPOTENT:
+        _IDEMPOTENT[key] = _check_idempotent(graph, tail, dims, dtype)
+    return _IDEMPOTENT[key]
+
+
+def _signature(node: gs.Node, tail: Tail, produced: dict[str, tuple[int, int]]) -> tuple:
+    """What an activation node computes: op, attributes, constant inputs by value, and which
+    earlier node of the activation feeds it (so renamed copies of one activation match)."""
+    inputs = []
+    for t in node.inputs:
+        if G.is_constant(t):
+            value = np.asarray(t.values)
+            inputs.append(("const", value.dtype.str, value.shape, value.tobytes()))
+        elif t is tail.activation_input:
+            inputs.append(("x",))
+        else:
+            inputs.append(("from", produced.get(t.name, t.name)))
+    return node.op, repr(sorted(node.attrs.items())), tuple(inputs)
+
+
+def _check_idempotent(graph: gs.Graph, tail: Tail, dims: list[int], dtype) -> bool:
     from .verification import run
 
     model = activation_model(graph, tail)
-    dims = [d if isinstance(d, int) else 2 for d in (G.shape(tail.activation_input) or [])] or [8]
-    dtype = tail.activation_input.dtype or np.float32
     rng = np.random.default_rng(0)
     x = (rng.standard_normal(dims) * 4).astype(dtype)
     once = run(model, {"x": x})[0]

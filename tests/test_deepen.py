@@ -126,7 +126,8 @@ def test_gemm_identity_respects_trans_b(trans_b):
     result = deepen_checked(model, ["W1"])
     new = next(n for n in result.model.graph.node if n.op_type == "Gemm" and "n2n_deep" in n.name)
     assert [a.i for a in new.attribute if a.name == "transB"] == [trans_b]
-    assert new.input[0].startswith("d__n2n_in")  # after the whole tail, Dropout included
+    producer = next(n for n in result.model.graph.node if new.input[0] in n.output)
+    assert producer.op_type == "Dropout"  # after the whole tail, Dropout included
 
 
 def test_matmul_on_3d_hidden_states_and_graph_output_target():
@@ -150,6 +151,15 @@ def test_residual_block_is_exact_for_every_activation_and_trainable():
     assert np.std(weights["conv1.weight"]) > 0.01  # W1 random: W2's gradient is not zero
     ops = [n.op_type for n in result.model.graph.node if "n2n_deep0" in n.name]
     assert ops == ["Conv", "Sigmoid", "Conv", "Add"]
+
+
+def test_deepen_every_layer_twice_including_the_new_ones():
+    model = conv_model(2, "Relu")
+    once = deepen_checked(model, ["W*"]).model
+    twice = deepen_checked(once, ["*"])
+    names = [n.name for n in twice.model.graph.node if n.name]
+    assert len(names) == len(set(names))
+    assert len(twice.inserted) == 4  # two original layers, two inserted ones
 
 
 def test_deepen_twice_at_the_same_place_then_widen_the_new_layer():
