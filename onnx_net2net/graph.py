@@ -14,8 +14,10 @@ gs.logger.G_LOGGER.severity = gs.logger.G_LOGGER.ERROR
 logging.getLogger("onnx_graphsurgeon").setLevel(logging.ERROR)
 
 _DEFAULT_DOMAINS = ("", "ai.onnx")
+# Random ops are not constants; folding (De)QuantizeLinear would silently turn a quantized
+# model's weights into float ones.
 _NOT_FOLDABLE = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike",
-                 "Multinomial", "Bernoulli"}
+                 "Multinomial", "Bernoulli", "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"}
 # Initializers up to this many elements are kept as values in the shape-inference skeleton,
 # so that data propagation sees shape constants; larger ones are declared by type only.
 _SKELETON_VALUE_LIMIT = 64

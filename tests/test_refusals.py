@@ -110,3 +110,21 @@ def test_units_read_inside_control_flow_block():
 def test_deepen_target_inside_a_subgraph_is_refused():
     with pytest.raises(n2n.Net2NetError, match="inside a control-flow subgraph"):
         n2n.deepen(_with_if_body(), ["t"])
+
+
+def test_quantized_weights_are_not_folded_into_floats():
+    """A QDQ model's DequantizeLinear weights stay quantized; the layer is refused, not converted."""
+    import numpy as np
+    model = build(HEAD + """
+    g (float[2, 4] x) => (float[2, 3] y) {
+        W1 = DequantizeLinear(q1, s1, z1)
+        h = MatMul(x, W1)
+        y = MatMul(h, W2)
+    }""", {"q1": np.ones((4, 5), np.int8), "s1": np.array(0.1, np.float32), "z1": np.array(0, np.int8),
+           "W2": (5, 3)})
+    producers = [p for g in n2n.inspect(model).groups for p in g["producers"]]
+    assert producers == ["MatMul->y"]  # the dequantized MatMul has no constant weight to widen
+    with pytest.raises(n2n.Net2NetError, match="unknown target 'q1'"):
+        n2n.widen(model, {"q1": 8})
+    result = n2n.widen_model(model, {}, widen_all="x2")
+    assert result.widened == [] and any(n.op_type == "DequantizeLinear" for n in result.model.graph.node)
