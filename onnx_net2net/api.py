@@ -15,6 +15,7 @@ from . import widening as W
 from .errors import Net2NetError, VerificationError
 from .groups import Analysis, analyze
 from .io import LoadedModel, load_model
+from .targets import is_pattern
 from .verification import Report, compare
 
 
@@ -131,7 +132,7 @@ def deepen_model(source: str | os.PathLike[str] | onnx.ModelProto, targets: list
         for layer in D.find_layers(graph, target, optional):
             if id(layer) not in seen:
                 seen.add(id(layer))
-                layers.append((target if not W.is_pattern(target) else G.label(layer), layer))
+                layers.append((target if not is_pattern(target) else G.label(layer), layer))
     taken = D.taken_prefixes(graph)
     inserted = [D.insert(graph, t, layer, kernel, residual, batch_norm, rng, taken) for t, layer in layers]
     graph.toposort()

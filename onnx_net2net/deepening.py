@@ -7,7 +7,6 @@ one, and a copy of the tail's activation when it is idempotent (f(f(x)) = f(x));
 
 from __future__ import annotations
 
-import fnmatch
 import re
 from dataclasses import dataclass, field
 
@@ -17,8 +16,7 @@ import onnx_graphsurgeon as gs
 from . import graph as G
 from .errors import Net2NetError
 from .tails import LAYER_OPS, Tail, find_tail, is_idempotent
-from .targets import aliases, suggest
-from .widening import is_pattern
+from .targets import NameIndex, is_pattern
 
 
 @dataclass
@@ -41,35 +39,24 @@ def deepenable(node: gs.Node) -> bool:
 def find_layers(graph: gs.Graph, target: str, optional: bool = False) -> list[gs.Node]:
     """Conv/ConvTranspose/Gemm/MatMul layers named by node, weight or module name, or every
     layer a glob pattern over those names matches."""
-    exact: dict[str, list[gs.Node]] = {}
-    derived: dict[str, list[gs.Node]] = {}
-    patterned: dict[str, list[gs.Node]] = {}
-    for node in graph.nodes:
-        if node.op not in LAYER_OPS or not G.is_default_domain(node):
-            continue
-        if not deepenable(node):
-            continue
-        names, implied = aliases(node)
-        for name in aliases(node, outputs=False)[0] | implied:
-            patterned.setdefault(name, []).append(node)
-        for name in names:
-            exact.setdefault(name, []).append(node)
-        for name in implied:
-            derived.setdefault(name, []).append(node)
+    index = NameIndex()
+    nodes = {id(n): n for n in graph.nodes if n.op in LAYER_OPS and G.is_default_domain(n) and deepenable(n)}
+    for key, node in nodes.items():
+        index.add(node, key)
     if is_pattern(target):
-        found = {id(n): n for name, nodes in patterned.items() if fnmatch.fnmatchcase(name, target) for n in nodes}
         order = {id(n): i for i, n in enumerate(graph.nodes)}
+        found = sorted(index.match(target), key=order.__getitem__)
         if not found and not optional:
             raise Net2NetError(f"pattern '{target}' matches no Conv, ConvTranspose, Gemm or MatMul layer")
-        return sorted(found.values(), key=lambda n: order[id(n)])
-    found = exact.get(target) or derived.get(target)
+        return [nodes[k] for k in found]
+    found = [nodes[k] for k in index.lookup(target)]
     if not found:
         if optional:
             return []
         if any(target in (n.name, *(t.name for t in n.outputs)) for n in G.subgraph_nodes(graph)):
             raise Net2NetError(f"target '{target}' is inside a control-flow subgraph; only the main graph can deepen")
         raise Net2NetError(f"unknown target '{target}': no Conv, ConvTranspose, Gemm or MatMul (with constant "
-                           f"weights) has that node, weight or module name{suggest(target, sorted(set(exact) | set(derived)))}")
+                           f"weights) has that node, weight or module name{index.suggestions(target)}")
     if len(found) > 1:
         raise Net2NetError(f"target '{target}' is ambiguous: {', '.join(G.label(n) for n in found)}")
     return found

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import fnmatch
 import re
 
 import onnx_graphsurgeon as gs
@@ -47,6 +48,47 @@ def aliases(node: gs.Node, outputs: bool = True) -> tuple[set[str], set[str]]:
     for name in exact:
         derived |= module_names(name)
     return exact, derived - exact
+
+
+class NameIndex:
+    """Every name users may give a layer, mapped to keys (group roots, node ids...).
+
+    Exact names (node, first output, weights, group ids) win over derived module names; glob
+    patterns match node, weight and module names but not output tensors."""
+
+    def __init__(self) -> None:
+        self.exact: dict[str, list] = {}
+        self.derived: dict[str, list] = {}
+        self.patterned: dict[str, list] = {}
+
+    def add(self, node: gs.Node, key) -> None:
+        names, implied = aliases(node)
+        for table, group in ((self.exact, names), (self.derived, implied),
+                             (self.patterned, aliases(node, outputs=False)[0] | implied)):
+            for name in group:
+                if key not in table.setdefault(name, []):
+                    table[name].append(key)
+
+    def add_name(self, name: str, key) -> None:
+        self.exact.setdefault(name, []).append(key)
+
+    def lookup(self, target: str) -> list:
+        """Keys a plain name refers to (empty when unknown)."""
+        return self.exact.get(target) or self.derived.get(target) or []
+
+    def match(self, pattern: str) -> list:
+        found: list = []
+        for name, keys in self.patterned.items():
+            if fnmatch.fnmatchcase(name, pattern):
+                found.extend(k for k in keys if k not in found)
+        return found
+
+    def suggestions(self, target: str) -> str:
+        return suggest(target, sorted(set(self.exact) | set(self.derived)))
+
+
+def is_pattern(target: str) -> bool:
+    return any(c in target for c in "*?[")
 
 
 def suggest(name: str, known: list[str]) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fnmatch
 from dataclasses import dataclass
 
 import numpy as np
@@ -12,7 +11,7 @@ from . import graph as G
 from .errors import Net2NetError
 from .groups import Analysis, Effect, Group
 from .layout import Mapping, axis_plan, new_size
-from .targets import aliases, parse_width, suggest
+from .targets import NameIndex, is_pattern, parse_width
 
 
 @dataclass
@@ -34,25 +33,16 @@ def resolve(analysis: Analysis, requests: dict[str, int | float | str],
     groups are rounded to the nearest multiple of their group count. With `optional`, targets
     that match nothing are skipped instead of refused.
     """
-    names: dict[str, set[int]] = {}
-    derived: dict[str, set[int]] = {}
-    patterned: dict[str, set[int]] = {}
+    index = NameIndex()
     for producer in analysis.producers:
-        root = analysis.find(producer.space)
-        exact, implied = aliases(producer.node)
-        for name in aliases(producer.node, outputs=False)[0] | implied:
-            patterned.setdefault(name, set()).add(root)
-        for name in exact:
-            names.setdefault(name, set()).add(root)
-        for name in implied:
-            derived.setdefault(name, set()).add(root)
+        index.add(producer.node, analysis.find(producer.space))
     for group in analysis.groups:
-        names.setdefault(group.id, set()).add(group.root)
+        index.add_name(group.id, group.root)
     groups = {g.root: g for g in analysis.groups}
 
     chosen: dict[int, Widening] = {}
     for target, spec in requests.items():
-        for group in _lookup(target, names, derived, patterned, groups, optional):
+        for group in _lookup(target, index, groups, optional):
             width = parse_width(spec, group.width, f"target '{target}' ({group.id})")
             if width % group.partitions:
                 raise Net2NetError(f"target '{target}' ({group.id}): width {width} must be a multiple of "
@@ -76,16 +66,10 @@ def resolve(analysis: Analysis, requests: dict[str, int | float | str],
     return sorted(chosen.values(), key=lambda w: int(w.group.id[1:]))
 
 
-def is_pattern(target: str) -> bool:
-    return any(c in target for c in "*?[")
-
-
-def _lookup(target: str, names: dict[str, set[int]], derived: dict[str, set[int]],
-            patterned: dict[str, set[int]], groups: dict[int, Group], optional: bool) -> list[Group]:
+def _lookup(target: str, index: NameIndex, groups: dict[int, Group], optional: bool) -> list[Group]:
     """Exact names must name one widenable group; patterns take every widenable group they match."""
     if is_pattern(target):
-        roots = {r for name, rs in patterned.items() if fnmatch.fnmatchcase(name, target) for r in rs}
-        matched = sorted((groups[r] for r in roots), key=lambda g: int(g.id[1:]))
+        matched = sorted((groups[r] for r in index.match(target)), key=lambda g: int(g.id[1:]))
         if not matched:
             if optional:
                 return []
@@ -95,16 +79,16 @@ def _lookup(target: str, names: dict[str, set[int]], derived: dict[str, set[int]
             raise Net2NetError(f"pattern '{target}' matches only groups that cannot be widened "
                                f"({matched[0].id}: {matched[0].reason})")
         return usable
-    roots = names.get(target) or derived.get(target)
+    roots = index.lookup(target)
     if not roots:
         if optional:
             return []
         raise Net2NetError(f"unknown target '{target}': no producer (Conv, ConvTranspose, Gemm, MatMul) "
-                           f"has that node, weight or group name{suggest(target, sorted(set(names) | set(derived)))}")
+                           f"has that node, weight or group name{index.suggestions(target)}")
     if len(roots) > 1:
         ids = ", ".join(sorted(groups[r].id for r in roots))
         raise Net2NetError(f"target '{target}' is ambiguous: it names layers in groups {ids}")
-    group = groups[next(iter(roots))]
+    group = groups[roots[0]]
     if not group.widenable:
         raise Net2NetError(f"target '{target}' ({group.id}) cannot be widened: {group.reason}")
     return [group]
