@@ -124,8 +124,9 @@ def inspect(model: str, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
 @verify_options
 def widen(model, targets, widen_all, output, seed, noise, no_verify, force, as_json, **verify) -> None:
-    """Widen layers of MODEL: TARGET is a node, weight or module name or a group id; WIDTH is
-    an absolute size (96) or a factor (x1.5)."""
+    """Widen layers of MODEL: TARGET is a node, weight or module name, a group id from
+    inspect, or a glob pattern ('layer*.conv2'); WIDTH is an absolute size (96) or a factor
+    (x1.5). Nothing is written unless onnxruntime confirms the outputs are unchanged."""
     if not targets and widen_all is None:
         raise Net2NetError("nothing to widen: give TARGET=WIDTH arguments or --all xF")
     requests = {}
@@ -163,7 +164,8 @@ def widen(model, targets, widen_all, output, seed, noise, no_verify, force, as_j
 @verify_options
 def deepen(model, targets, output, kernel, residual, no_bn, seed, no_verify, force, as_json, **verify) -> None:
     """Insert an identity-initialized layer after each TARGET's tail (bias, BatchNorm,
-    activation); TARGET is a node, weight or module name."""
+    activation); TARGET is a node, weight or module name, or a glob pattern. Exact when the
+    activation is idempotent (ReLU, Clip); --residual is exact for any activation."""
     loaded = load_model(model)
     out = check_output_path(output, [loaded.path], force)
     result = api.deepen_model(loaded.model, list(targets), kernel=kernel, residual=residual, batch_norm=not no_bn,
