@@ -196,8 +196,9 @@ def apply(plan_file, models, outdir, workers, report_file, force) -> None:
     plan = load_plan(plan_file)
     jobs = batch.plan_jobs(batch.collect_models(list(models)), outdir, force)
     workers = workers or batch.default_workers(len(jobs))
-    click.echo(f"applying {plan_file} ({len(plan.steps)} steps) to {len(jobs)} models with {workers} workers",
-               err=True)
+    plural = lambda n, word: f"{n} {word}{'' if n == 1 else 's'}"  # noqa: E731
+    click.echo(f"applying {plan_file} ({plural(len(plan.steps), 'step')}) to {plural(len(jobs), 'model')} "
+               f"with {plural(workers, 'worker')}", err=True)
     start = time.perf_counter()
     interactive = sys.stderr.isatty()
     done: list[dict] = []
