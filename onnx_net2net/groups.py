@@ -154,11 +154,6 @@ class Analysis:
     def partitions(self, root: int) -> int:
         return self._partitions[root]
 
-    def space_of(self, node: gs.Node) -> int | None:
-        for producer in self.producers:
-            if producer.node is node:
-                return self.find(producer.space)
-        return None
 
 
 def analyze(graph: gs.Graph) -> Analysis:
