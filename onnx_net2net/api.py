@@ -13,7 +13,8 @@ from . import deepening as D
 from . import graph as G
 from . import widening as W
 from .errors import Net2NetError, VerificationError
-from .groups import Analysis, analyze
+from .analysis import Analysis
+from .groups import analyze
 from .io import LoadedModel, load_model
 from .targets import is_pattern
 from .verification import Report, compare
@@ -41,6 +42,8 @@ class WidenResult:
     parameters_after: int
     report: Report | None = None
     blocked: list[dict] = field(default_factory=list)
+    skipped: list[dict] = field(default_factory=list)  # left alone by `widen_all` (fractional factor)
+    untied: list[dict] = field(default_factory=list)  # shared initializers split into copies
 
 
 def _prepare(source: str | os.PathLike[str] | onnx.ModelProto) -> tuple[LoadedModel, gs.Graph, Analysis]:
@@ -56,7 +59,8 @@ def parameter_count(graph: gs.Graph) -> int:
 def _group_json(group) -> dict:
     return {"id": group.id, "width": group.width, "widenable": group.widenable, "reason": group.reason,
             "producers": [G.label(n) for n in group.producers], "weights": group.weights,
-            "consumers": [G.label(n) for n in group.consumers]}
+            "consumers": [G.label(n) for n in group.consumers],
+            "mapping": "uniform" if group.uniform else "random", "limits": group.limits or []}
 
 
 def inspect(source: str | os.PathLike[str] | onnx.ModelProto) -> Inspection:
@@ -78,12 +82,14 @@ def widen_model(source: str | os.PathLike[str] | onnx.ModelProto, targets: dict[
     widenings = W.resolve(analysis, targets, widen_all, optional)
     if not widenings and not optional and widen_all is None:
         raise Net2NetError("nothing to widen: no target given")
-    W.apply(graph, analysis, widenings, seed=seed, noise=noise)
+    skipped = W.skipped_by_all(analysis, widenings, widen_all)
+    untied = W.apply(graph, analysis, widenings, seed=seed, noise=noise)
     model = G.export_model(graph, loaded.model)
-    result = WidenResult(model, [{"group": w.group.id, "targets": w.targets, "old": w.old, "new": w.new}
+    result = WidenResult(model, [{"group": w.group.id, "targets": w.targets, "old": w.old, "new": w.new,
+                                  "mapping": "uniform" if w.group.uniform else "random"}
                                  for w in widenings], before, parameter_count(graph),
                          blocked=[{"group": g.id, "width": g.width, "reason": g.reason}
-                                  for g in analysis.groups if not g.widenable])
+                                  for g in analysis.groups if not g.widenable], skipped=skipped, untied=untied)
     if verify:
         result.report = compare(loaded.model, model, **(verify_options or {}))
         if not result.report.passed and noise == 0.0:

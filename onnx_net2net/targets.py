@@ -37,7 +37,7 @@ def aliases(node: gs.Node, outputs: bool = True) -> tuple[set[str], set[str]]:
     exact = {G.label(node)}  # the node name, or how reports show an unnamed node
     if outputs:
         exact.update(t.name for t in node.outputs[:1])
-    exact.update(t.name for t in node.inputs[1:] if isinstance(t, gs.Constant))
+    exact.update(t.name for t in node.inputs if isinstance(t, gs.Constant))
     # MatMul + Add as exporters emit Linear layers: the bias often keeps the module's name
     # ('fc1.bias') while the transposed weight gets a generated one.
     if node.op == "MatMul" and node.outputs and len(node.outputs[0].outputs) == 1:

@@ -9,7 +9,7 @@ import onnx_graphsurgeon as gs
 
 from . import graph as G
 from .errors import Net2NetError
-from .groups import Analysis, Effect, Group
+from .analysis import Analysis, Effect, Group
 from .layout import Mapping, axis_plan, new_size
 from .targets import NameIndex, is_pattern, parse_width
 
@@ -44,6 +44,9 @@ def resolve(analysis: Analysis, requests: dict[str, int | float | str],
     for target, spec in requests.items():
         for group in _lookup(target, index, groups, optional):
             width = parse_width(spec, group.width, f"target '{target}' ({group.id})")
+            if group.uniform and width % group.width:
+                raise Net2NetError(f"target '{target}' ({group.id}): width {width} is not a multiple of "
+                                   f"{group.width}; {uniform_reason(group)}")
             if width % group.partitions:
                 raise Net2NetError(f"target '{target}' ({group.id}): width {width} must be a multiple of "
                                    f"{group.partitions} (grouped convolution)")
@@ -61,9 +64,27 @@ def resolve(analysis: Analysis, requests: dict[str, int | float | str],
                 continue
             width = parse_width(widen_all, group.width, "--all") if group.partitions == 1 else \
                 _grouped_width(widen_all, group)
+            if group.uniform and width % group.width:
+                continue  # reported by `skipped_by_all`
             if width > group.width:
                 chosen[group.root] = Widening(group, group.width, width, ["all"])
     return sorted(chosen.values(), key=lambda w: int(w.group.id[1:]))
+
+
+def uniform_reason(group: Group) -> str:
+    """Why a group takes only whole multiples of its width, naming the node that needs it."""
+    why = group.limits[0] if group.limits else "a node normalizes over these units"
+    return f"{why}; use an integer factor (x2, x3)"
+
+
+def skipped_by_all(analysis: Analysis, widenings: list[Widening], widen_all: int | float | str | None) -> list[dict]:
+    """Widenable groups `--all` left as they were because its factor is not a whole number."""
+    if widen_all is None:
+        return []
+    chosen = {w.group.root for w in widenings}
+    return [{"group": g.id, "width": g.width, "reason": uniform_reason(g)} for g in analysis.groups
+            if g.widenable and g.uniform and g.root not in chosen
+            and parse_width(widen_all, g.width, "--all") > g.width]
 
 
 def _lookup(target: str, index: NameIndex, groups: dict[int, Group], optional: bool) -> list[Group]:
@@ -73,7 +94,7 @@ def _lookup(target: str, index: NameIndex, groups: dict[int, Group], optional: b
         if not matched:
             if optional:
                 return []
-            raise Net2NetError(f"pattern '{target}' matches no producer (Conv, ConvTranspose, Gemm, MatMul)")
+            raise Net2NetError(f"pattern '{target}' matches no producer (Conv, ConvTranspose, Gemm, MatMul, embedding Gather)")
         usable = [g for g in matched if g.widenable]
         if not usable:
             raise Net2NetError(f"pattern '{target}' matches only groups that cannot be widened "
@@ -83,7 +104,7 @@ def _lookup(target: str, index: NameIndex, groups: dict[int, Group], optional: b
     if not roots:
         if optional:
             return []
-        raise Net2NetError(f"unknown target '{target}': no producer (Conv, ConvTranspose, Gemm, MatMul) "
+        raise Net2NetError(f"unknown target '{target}': no producer (Conv, ConvTranspose, Gemm, MatMul, embedding Gather) "
                            f"has that node, weight or group name{index.suggestions(target)}")
     if len(roots) > 1:
         ids = ", ".join(sorted(groups[r].id for r in roots))
@@ -100,8 +121,10 @@ def _grouped_width(spec: int | float | str, group: Group) -> int:
     return max(parts * round(wanted / parts), group.width)
 
 
-def make_mapping(old: int, new: int, partitions: int, rng: np.random.Generator) -> tuple[Mapping, np.ndarray]:
-    """The paper's mapping: existing units keep their place, extra units copy random ones.
+def make_mapping(old: int, new: int, partitions: int, rng: np.random.Generator,
+                 uniform: bool = False) -> tuple[Mapping, np.ndarray]:
+    """The paper's mapping: existing units keep their place, extra units copy random ones;
+    uniform: the units repeat in order, so each is copied exactly new/old times.
 
     With conv groups, each group of units grows by the same amount from its own members.
     Returns the mapping and a mask of the units that are copies (where noise may go).
@@ -111,7 +134,8 @@ def make_mapping(old: int, new: int, partitions: int, rng: np.random.Generator) 
     for part in range(partitions):
         base = part * per_old
         sources.append(base + np.arange(per_old))
-        sources.append(base + rng.integers(0, per_old, per_new - per_old))
+        extra = np.arange(per_new - per_old) % per_old if uniform else rng.integers(0, per_old, per_new - per_old)
+        sources.append(base + extra)
         fresh.append(np.zeros(per_old, bool))
         fresh.append(np.ones(per_new - per_old, bool))
     source = np.concatenate(sources)
@@ -119,14 +143,19 @@ def make_mapping(old: int, new: int, partitions: int, rng: np.random.Generator) 
 
 
 def apply(graph: gs.Graph, analysis: Analysis, widenings: list[Widening], seed: int = 0,
-          noise: float = 0.0) -> None:
-    """Rewrite initializers, shape constants and attributes of every widened group, in place."""
+          noise: float = 0.0) -> list[dict]:
+    """Rewrite initializers, shape constants and attributes of every widened group, in place.
+
+    A constant read in ways that need different rewrites (a table tied between an embedding
+    lookup, whose columns are copied, and an output head, whose columns are divided) is
+    untied into one copy per way; returns those untyings for the report."""
     mappings: dict[int, Mapping] = {}
     fresh: dict[int, np.ndarray] = {}
     for w in widenings:
         index = int(w.group.id[1:])
         rng = np.random.default_rng([seed, index])
-        mappings[w.group.root], fresh[w.group.root] = make_mapping(w.old, w.new, w.group.partitions, rng)
+        mappings[w.group.root], fresh[w.group.root] = make_mapping(w.old, w.new, w.group.partitions, rng,
+                                                                   uniform=w.group.uniform)
     canon = {id(e): e.layout.canonical(analysis.find) for e in analysis.effects}
     relevant = [e for e in analysis.effects if canon[id(e)].spaces & mappings.keys()]
     by_slot: dict[tuple[int, int], list[Effect]] = {}
@@ -137,6 +166,7 @@ def apply(graph: gs.Graph, analysis: Analysis, widenings: list[Widening], seed: 
         by_slot.setdefault((id(effect.node), effect.slot), []).append(effect)
 
     noise_rng = np.random.default_rng([seed, 1 << 20])
+    untied: list[dict] = []
     for tensor, uses in _uses_by_tensor(graph, by_slot).values():
         variants: dict[tuple, list[tuple[gs.Node, int]]] = {}
         for node, slot in uses:
@@ -154,11 +184,14 @@ def apply(graph: gs.Graph, analysis: Analysis, widenings: list[Widening], seed: 
                 copy = gs.Constant(f"{tensor.name}__n2n{number}", values)
                 for node, slot in slots:
                     node.inputs[slot] = copy
+                readers = sorted({G.label(node) for node, _ in slots})
+                untied.append({"initializer": tensor.name, "copy": copy.name, "read_by": readers})
 
     widened = {name for name, layout in analysis.layouts.items()
                if layout.canonical(analysis.find).spaces & mappings.keys()}
     G.clear_shapes([t for name, t in graph.tensors().items() if name in widened])
     G.infer_shapes(graph)
+    return untied
 
 
 def _uses_by_tensor(graph: gs.Graph, by_slot: dict) -> dict[str, tuple[gs.Constant, list[tuple[gs.Node, int]]]]:

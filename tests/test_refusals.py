@@ -29,9 +29,8 @@ CASES = {
     "unknown_op": ("d = DepthToSpace<blocksize=1>(a)\n        y = Conv(d, Wc)", None, "no rule for op DepthToSpace"),
     "custom_domain": ("d = com.acme.Frobnicate(a)\n        y = Conv(d, Wc)", None,
                       "no rule for op Frobnicate (domain 'com.acme')"),
-    "layernorm": ("t = Transpose<perm=[0, 2, 3, 1]>(a)\n        n = LayerNormalization<axis=-1>(t, ln_s, ln_b)\n"
-                  "        y0 = Transpose<perm=[0, 3, 1, 2]>(n)\n        y = Conv(y0, Wc)", None,
-                  "LayerNormalization): normalizes over the unit axis"),
+    "mvn": ("n = MeanVarianceNormalization<axes=[1, 2, 3]>(a)\n        y = Conv(n, Wc)", None,
+            "MeanVarianceNormalization): normalizes over the units' axes"),
 }
 
 
@@ -39,7 +38,7 @@ CASES = {
 def test_blocked_group_names_node_op_and_reason(case):
     lines, out, reason = CASES[case]
     extra = {"Wc": (2, 6, 1, 1), "Wc2": (2, 3, 1, 1), "axes": __import__("numpy").array([1]),
-             "ln_s": (6,), "ln_b": (6,)}
+             "gn_s": (2,), "gn_b": (2,)}
     inputs = ", float[1, 6, 4, 4] z" if case == "graph_input_join" else ""
     text_out = out or "float[1, 2, 4, 4] y"
     model = build(HEAD.replace('"" : 17', '"" : 18, "com.acme" : 1') + f"""

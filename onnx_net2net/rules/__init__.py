@@ -12,7 +12,7 @@ from typing import Callable
 import onnx_graphsurgeon as gs
 
 from .. import graph as G
-from ..groups import Analysis
+from ..analysis import Analysis
 from ..layout import Layout
 
 Rule = Callable[[Analysis, gs.Node, list[Layout | None]], list[Layout | None]]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import onnx_graphsurgeon as gs
 
 from .. import graph as G
-from ..groups import Analysis
+from ..analysis import Analysis
 from ..layout import Layout
 from . import register
 

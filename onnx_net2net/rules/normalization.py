@@ -5,7 +5,7 @@ from __future__ import annotations
 import onnx_graphsurgeon as gs
 
 from .. import graph as G
-from ..groups import Analysis
+from ..analysis import Analysis
 from ..layout import Layout
 from . import def_blocker, register
 
@@ -42,18 +42,34 @@ def instance_norm(analysis: Analysis, node: gs.Node, ins: list[Layout | None]) -
     return [_per_channel(analysis, node, ins, range(1, 3))]
 
 
-@register("LayerNormalization")
+@register("LayerNormalization", "RMSNormalization", "SimplifiedLayerNormalization")
 def layer_norm(analysis: Analysis, node: gs.Node, ins: list[Layout | None]) -> list[Layout | None]:
+    """Over axes before the units: per position, units pass through. Over the units: exact
+    only when every unit is replicated the same number of times (mean, variance and mean
+    square unchanged), so the group takes a uniform mapping; the scale and bias, shaped like
+    the normalized axes, are replicated with the units and epsilon stays."""
     x = ins[0]
     if x is None or any(ins[1:]):
         analysis.block(ins, node, "normalizes with parameters from widened activations")
         return [None] * len(node.outputs)
     axis = int(G.attr(node, "axis", -1))
     axis = axis + x.rank if axis < 0 else axis
-    if x.axis >= axis:
-        analysis.block(x, node, "normalizes over the unit axis (duplicated units change mean and variance)")
+    if x.axis < axis:
+        return [x] + [None] * (len(node.outputs) - 1)  # mean / inv-std outputs hold no units
+    if not analysis.normalized_over(x, node, "normalizes"):
         return [None] * len(node.outputs)
-    return [x] * len(node.outputs)
+    for slot in (1, 2):
+        if slot >= len(node.inputs) or G.is_empty(node.inputs[slot]):
+            continue
+        tensor = node.inputs[slot]
+        if not G.is_constant(tensor):
+            analysis.block(x, node, f"parameter '{tensor.name}' is not constant")
+            return [None] * len(node.outputs)
+        param_rank = len(tensor.shape)
+        param_axis = x.axis - (x.rank - param_rank)
+        if param_axis >= 0 and int(tensor.shape[param_axis]) != 1:
+            analysis.effect("replicate", node, slot, param_axis, x.moved(param_axis, param_rank))
+    return [x] + [None] * (len(node.outputs) - 1)
 
 
 def_blocker("GroupNormalization", reason="normalizes over groups of units (duplicated units change the statistics)")

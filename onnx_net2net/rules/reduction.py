@@ -6,7 +6,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from .. import graph as G
-from ..groups import Analysis
+from ..analysis import Analysis
 from ..layout import Layout
 from . import register
 
@@ -60,7 +60,12 @@ def reduce(analysis: Analysis, node: gs.Node, ins: list[Layout | None]) -> list[
         analysis.block(x, node, "reduction axes are computed at runtime")
         return [None]
     if x.axis in axes:
-        analysis.block(x, node, "reduces over the unit axis (duplicated units change the result)")
+        if node.op in ("ReduceMax", "ReduceMin"):
+            return [None]  # copies of units never change an extreme
+        if node.op != "ReduceMean":
+            analysis.block(x, node, "reduces over the unit axis (duplicated units change the result)")
+            return [None]
+        analysis.normalized_over(x, node, "averages")
         return [None]
     if int(G.attr(node, "keepdims", 1)):
         return [x]

@@ -9,7 +9,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from .. import graph as G
-from ..groups import Analysis
+from ..analysis import Analysis
 from ..layout import Layout, Segment
 from . import register
 
@@ -254,16 +254,22 @@ def reshape(analysis: Analysis, node: gs.Node, ins: list[Layout | None]) -> list
 
 def _merged_axis(in_dims: list[Dim], out: list[Dim], x: Layout) -> tuple[int, int, int] | None:
     """The output axis holding every unit whole: input dims j..u-1 (leading, known sizes) and
-    u+1..k-1 (trailing) merged with the unit axis u. Returns (axis, leading, trailing)."""
+    u+1..k-1 (trailing) merged with the unit axis u. Returns (axis, leading, trailing).
+
+    The dims before the axis must match on both sides, or the dims after it: a Reshape keeps
+    the element count, so either equality implies the other (GPT-2's `[b*s, d] -> [b, s, d]`
+    matches by its empty suffix though b*s and b, s are unrelated symbols)."""
     for v in range(len(out)):
-        prefix = _product(out[:v])
+        prefix, suffix = _product(out[:v]), _product(out[v + 1:])
         for j in range(x.axis, -1, -1):
             leading = _product(in_dims[j:x.axis])
-            if _product(in_dims[:j]) != prefix or not leading.known:
+            if not leading.known:
                 continue
             for k in range(x.axis + 1, x.rank + 1):
                 trailing = _product(in_dims[x.axis + 1:k])
-                if trailing.known and out[v] == Dim(leading.coef * x.size * trailing.coef):
+                if not trailing.known or out[v] != Dim(leading.coef * x.size * trailing.coef):
+                    continue
+                if _product(in_dims[:j]) == prefix or _product(in_dims[k:]) == suffix:
                     return v, leading.coef, trailing.coef
     return None
 
@@ -347,9 +353,13 @@ def slice_(analysis: Analysis, node: gs.Node, ins: list[Layout | None]) -> list[
     return [x]
 
 
-@register("Gather")
+@register("Gather", producer=True)
 def gather(analysis: Analysis, node: gs.Node, ins: list[Layout | None]) -> list[Layout | None]:
+    """Along another axis, units pass through. A lookup into a constant table (token,
+    position or type embeddings) produces units: the table's columns, copied with them."""
     x = ins[0]
+    if x is None and ins[1] is None:
+        return [_embedding(analysis, node)]
     if x is None or ins[1] is not None:
         analysis.block(ins, node, "gathers with widened indices")
         return [None]
@@ -361,6 +371,20 @@ def gather(analysis: Analysis, node: gs.Node, ins: list[Layout | None]) -> list[
         return [None]
     new_axis = x.axis if x.axis < axis else x.axis + index_rank - 1
     return [x.moved(new_axis, x.rank + index_rank - 1)]
+
+
+def _embedding(analysis: Analysis, node: gs.Node) -> Layout | None:
+    table, ids = node.inputs[0], node.inputs[1]
+    out_rank = G.rank(node.outputs[0])
+    if not G.is_constant(table) or G.is_constant(ids) or len(table.shape) < 2 or out_rank is None \
+            or int(G.attr(node, "axis", 0)) not in (0, -len(table.shape)) \
+            or np.dtype(table.dtype).kind != "f":
+        return None
+    width = int(table.shape[-1])
+    space = analysis.new_space(node, width)
+    analysis.effect("replicate", node, 0, len(table.shape) - 1,
+                    Layout.plain(space, width, len(table.shape) - 1, len(table.shape)), incoming=True)
+    return Layout.plain(space, width, out_rank - 1, out_rank)
 
 
 @register("Shape", "Size")

@@ -1,0 +1,214 @@
+"""The state the op rules write into while the graph is walked: unit spaces (union-find),
+the mapping families each space admits, and the effects a widening implies.
+
+Rules import this module and `groups` imports the rules, so dependencies run one way.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass
+
+import onnx_graphsurgeon as gs
+
+from . import graph as G
+from .layout import Layout
+
+
+class Family(enum.Flag):
+    """Mappings a unit space admits. RANDOM: the paper's (first units stay, extra units copy
+    random ones). UNIFORM: every unit replicated exactly k times (integer factors only), which
+    keeps means and variances over the units: what normalization over them needs."""
+
+    NONE = 0
+    RANDOM = enum.auto()
+    UNIFORM = enum.auto()
+    ANY = RANDOM | UNIFORM
+
+
+@dataclass(eq=False)
+class Effect:
+    """A rewrite a widening implies: `kind` applied to `node`'s input `slot` along `axis`.
+
+    kinds: replicate (copy entries with their unit), contract (copy and divide by replica
+    count), grouped_contract (contract inside each of `groups` convolution groups),
+    entry (a shape constant's entry `axis` becomes the layout's new size),
+    group_attr (a depthwise conv's `group` becomes the layout's new size).
+    """
+
+    kind: str
+    node: gs.Node
+    slot: int
+    axis: int
+    layout: Layout
+    groups: int = 1
+    incoming: bool = False  # a producer's own weights: where --noise applies
+
+
+@dataclass
+class Producer:
+    node: gs.Node
+    space: int
+    width: int
+
+
+@dataclass
+class Group:
+    """A closed set of unit spaces that must be widened with one mapping."""
+
+    id: str
+    root: int
+    width: int
+    partitions: int
+    producers: list[gs.Node]
+    reasons: list[str]
+    weights: list[str]
+    consumers: list[gs.Node]
+    family: Family = Family.ANY
+    limits: list[str] | None = None  # why some families were ruled out
+
+    @property
+    def uniform(self) -> bool:
+        """Only whole multiples of the width keep this group exact."""
+        return not self.family & Family.RANDOM
+
+    @property
+    def widenable(self) -> bool:
+        return not self.reasons
+
+    @property
+    def reason(self) -> str | None:
+        return self.reasons[0] if self.reasons else None
+
+
+class Analysis:
+    """The state rules write into while the graph is walked; then the groups it implies."""
+
+    def __init__(self, graph: gs.Graph) -> None:
+        self.graph = graph
+        self.layouts: dict[str, Layout] = {}
+        self.effects: list[Effect] = []
+        self.producers: list[Producer] = []
+        self._parent: list[int] = []
+        self._partitions: list[int] = []
+        self._reasons: dict[int, list[str]] = {}
+        self._families: dict[int, Family] = {}
+        self._limits: dict[int, list[str]] = {}
+        self.groups: list[Group] = []
+
+    # -- union-find over unit spaces -------------------------------------------------------
+    def new_space(self, node: gs.Node, width: int, partitions: int = 1) -> int:
+        space = len(self._parent)
+        self._parent.append(space)
+        self._partitions.append(max(1, partitions))
+        self.producers.append(Producer(node, space, width))
+        return space
+
+    def find(self, space: int) -> int:
+        while self._parent[space] != space:
+            self._parent[space] = self._parent[self._parent[space]]
+            space = self._parent[space]
+        return space
+
+    def _union(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra == rb:
+            return
+        self._parent[rb] = ra
+        self._partitions[ra] = math.lcm(self._partitions[ra], self._partitions[rb])
+        self._reasons.setdefault(ra, []).extend(self._reasons.pop(rb, []))
+        fa, fb = self.family(ra), self._families.pop(rb, Family.ANY)
+        self._families[ra] = fa & fb
+        self._limits.setdefault(ra, []).extend(self._limits.pop(rb, []))
+        if fa and fb and not fa & fb:
+            self._reasons[ra].append("; ".join(self._limits[ra]) + " (no mapping satisfies them all)")
+
+    # -- what rules call ---------------------------------------------------------------------
+    def block(self, layouts: list[Layout | None] | Layout | None, node: gs.Node | None, reason: str) -> None:
+        """Mark every space in the layouts as not widenable, naming the node, op and reason."""
+        if isinstance(layouts, Layout) or layouts is None:
+            layouts = [layouts]
+        where = f"{G.label(node)} ({node.op})" if node is not None else "graph"
+        for layout in layouts:
+            if layout is None:
+                continue
+            for space in layout.spaces:
+                root = self.find(space)
+                message = f"{where}: {reason}"
+                if message not in self._reasons.setdefault(root, []):
+                    self._reasons[root].append(message)
+
+    def restrict(self, layouts: list[Layout | None] | Layout | None, node: gs.Node, family: Family,
+                 reason: str) -> None:
+        """Only mappings of `family` keep the node's result exact (e.g. a norm over the units
+        needs every unit replicated equally); a space left with no family is blocked."""
+        if isinstance(layouts, Layout) or layouts is None:
+            layouts = [layouts]
+        message = f"{G.label(node)} ({node.op}): {reason}"
+        for layout in layouts:
+            for space in layout.spaces if layout is not None else ():
+                root = self.find(space)
+                before = self.family(root)
+                self._families[root] = before & family
+                if message not in self._limits.setdefault(root, []):
+                    self._limits[root].append(message)
+                if before and not self._families[root]:
+                    self._reasons.setdefault(root, []).append(
+                        "; ".join(self._limits[root]) + " (no mapping satisfies them all)")
+
+    def normalized_over(self, layout: Layout, node: gs.Node, what: str) -> bool:
+        """`node` averages over the units of `layout`: exact under a uniform mapping of one
+        space; fixed stretches or several spaces (which may grow by different factors) block."""
+        if len(layout.segments) != 1 or layout.segments[0].space is None:
+            self.block(layout, node, f"{what} over concatenated units, which cannot all grow by one factor")
+            return False
+        self.restrict(layout, node, Family.UNIFORM,
+                      f"{what} over these units, exact only when every unit is copied equally often")
+        return True
+
+    def family(self, root: int) -> Family:
+        return self._families.get(root, Family.ANY)
+
+    def limits(self, root: int) -> list[str]:
+        return self._limits.get(root, [])
+
+    def join(self, layouts: list[Layout], node: gs.Node) -> Layout | None:
+        """Activations meeting elementwise must carry the same units: merge their spaces."""
+        if not layouts:
+            return None
+        first = layouts[0]
+        for other in layouts[1:]:
+            if not first.same_structure(other):
+                self.block(layouts, node, "joins tensors whose units are laid out differently")
+                return None
+        for other in layouts[1:]:
+            for a, b in zip(first.segments, other.segments):
+                if a.space is not None:
+                    self._union(a.space, b.space)
+        return first
+
+    def require_partitions(self, layout: Layout, partitions: int, node: gs.Node) -> bool:
+        """Grouped convolution: each new unit must stay inside its group's block of units."""
+        if len(layout.segments) != 1 or layout.segments[0].space is None or layout.segments[0].block != 1 \
+                or layout.outer != 1:
+            self.block(layout, node, f"grouped convolution (group={partitions}) over concatenated or flattened units")
+            return False
+        root = self.find(layout.segments[0].space)
+        self._partitions[root] = math.lcm(self._partitions[root], partitions)
+        return True
+
+    def effect(self, kind: str, node: gs.Node, slot: int, axis: int, layout: Layout, **extra) -> None:
+        self.effects.append(Effect(kind, node, slot, axis, layout, **extra))
+
+    def describe(self, tensor: gs.Tensor) -> str:
+        if tensor in self.graph.inputs:
+            return f"graph input '{tensor.name}'"
+        return f"tensor '{tensor.name}'"
+
+    # -- results ----------------------------------------------------------------------------
+    def reasons(self, root: int) -> list[str]:
+        return self._reasons.get(root, [])
+
+    def partitions(self, root: int) -> int:
+        return self._partitions[root]

@@ -1,0 +1,167 @@
+"""Normalization over the units (uniform mappings), embedding tables as producers, and
+reshapes whose target shape is built at runtime: the pieces a transformer's hidden size needs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import onnx_net2net as n2n
+from helpers import build, group_of, initializer, widen_checked
+
+HEAD = '<ir_version: 8, opset_import: ["" : 17]>'
+
+# A pre-norm block over [batch, seq, d]: the hidden stream is one group spanning the
+# embedding tables, both norms, the residual Add and the readers.
+DECOMPOSED_LN = """
+        mu = ReduceMean<axes=[-1], keepdims=1>({x})
+        xc = Sub({x}, mu)
+        two = Constant<value=float {{2.0}}>()
+        sq = Pow(xc, two)
+        var = ReduceMean<axes=[-1], keepdims=1>(sq)
+        eps = Constant<value=float {{1e-5}}>()
+        ve = Add(var, eps)
+        sd = Sqrt(ve)
+        xn = Div(xc, sd)
+        xs = Mul(xn, {g})
+        {out} = Add(xs, {b})"""
+
+DECOMPOSED_RMS = """
+        two = Constant<value=float {{2.0}}>()
+        sq = Pow({x}, two)
+        ms = ReduceMean<axes=[-1], keepdims=1>(sq)
+        eps = Constant<value=float {{1e-6}}>()
+        me = Add(ms, eps)
+        rs = Sqrt(me)
+        inv = Reciprocal(rs)
+        xn = Mul({x}, inv)
+        {out} = Mul(xn, {g})"""
+
+
+def _block(norm: str) -> str:
+    if norm == "op":
+        return "n = LayerNormalization<axis=-1>(h, g, b)"
+    if norm == "decomposed":
+        return DECOMPOSED_LN.format(x="h", g="g", b="b", out="n")
+    return DECOMPOSED_RMS.format(x="h", g="g", out="n")
+
+
+def _transformer_like(norm: str):
+    """Token + position embeddings, a norm, an MLP with a residual, a head that is not tied."""
+    return build(HEAD + f"""
+    g (int64[2, 5] ids) => (float[2, 5, 7] y) {{
+        tok = Gather(E, ids)
+        h = Add(tok, P)
+        {_block(norm)}
+        u = MatMul(n, W1)
+        ub = Add(u, b1)
+        a = Relu(ub)
+        v = MatMul(a, W2)
+        r = Add(h, v)
+        y = MatMul(r, Wh)
+    }}""", {"E": (11, 8), "P": (5, 8), "g": (8,), "b": (8,), "W1": (8, 16), "b1": (16,), "W2": (16, 8),
+            "Wh": (8, 7)})
+
+
+@pytest.mark.parametrize("norm", ["op", "decomposed", "rms"])
+def test_hidden_stream_through_a_norm_widens_by_integer_factors(norm):
+    model = _transformer_like(norm)
+    group = group_of(model, "Gather->tok")
+    assert group["widenable"] and group["mapping"] == "uniform"
+    for factor in (2, 3):
+        wide = widen_checked(model, {"E": f"x{factor}"})
+        table = initializer(wide, "E")
+        assert table.shape == (11, 8 * factor)
+        np.testing.assert_array_equal(table[:, 8:16], table[:, :8])  # every unit copied in order
+    with pytest.raises(n2n.Net2NetError, match=r"not a multiple of 8.*(ReduceMean|LayerNormalization).*integer factor"):
+        n2n.widen(model, {"E": "x1.5"}, verify=False)
+
+
+def test_widen_all_leaves_uniform_groups_alone_at_fractional_factors():
+    model = _transformer_like("op")
+    result = n2n.api.widen_model(model, {}, widen_all="x1.5")
+    widened = {w["group"] for w in result.widened}
+    hidden = group_of(model, "Gather->tok")["id"]
+    ffn = group_of(model, "MatMul->u")["id"]
+    assert ffn in widened and hidden not in widened
+    assert [s["group"] for s in result.skipped] == [hidden]
+    assert "integer factor" in result.skipped[0]["reason"]
+    assert result.report.passed
+
+
+def test_norm_over_channels_of_a_conv_widens_uniformly():
+    """ConvNeXt's LayerNorm2d: permute to channels-last, LayerNorm, permute back."""
+    model = build(HEAD + """
+    g (float[1, 3, 4, 4] x) => (float[1, 2, 4, 4] y) {
+        a = Conv(x, Wa)
+        t = Transpose<perm=[0, 2, 3, 1]>(a)
+        n = LayerNormalization<axis=-1>(t, s, b)
+        u = Transpose<perm=[0, 3, 1, 2]>(n)
+        y = Conv(u, Wc)
+    }""", {"Wa": (6, 3, 1, 1), "s": (6,), "b": (6,), "Wc": (2, 6, 1, 1)})
+    widen_checked(model, {"Wa": "x2"})
+    with pytest.raises(n2n.Net2NetError, match="LayerNormalization"):
+        n2n.widen(model, {"Wa": 9}, verify=False)
+
+
+def test_sum_over_the_units_still_blocks_a_normalized_group():
+    model = build(HEAD + """
+    g (float[2, 8] x) => (float[2, 1] y) {
+        h = MatMul(x, W)
+        n = LayerNormalization<axis=-1>(h, s, b)
+        y = ReduceSum<keepdims=1>(n, axes)
+    }""", {"W": (8, 8), "s": (8,), "b": (8,), "axes": np.array([-1])})
+    group = group_of(model, "MatMul->h")
+    assert not group["widenable"] and "ReduceSum" in group["reason"]
+
+
+def test_max_over_the_units_takes_any_mapping():
+    model = build(HEAD + """
+    g (float[2, 8] x) => (float[2, 1] y) {
+        h = MatMul(x, W)
+        y = ReduceMax<keepdims=1, axes=[-1]>(h)
+    }""", {"W": (8, 6)})
+    assert group_of(model, "MatMul->h")["mapping"] == "random"
+    widen_checked(model, {"W": 9})
+
+
+def test_tied_embedding_is_untied_and_reported():
+    """The input table also serves as the output head (Gemm with transB): copied columns for
+    the lookup, divided columns for the head; the shared initializer becomes two."""
+    model = build(HEAD + """
+    g (int64[4] ids) => (float[4, 11] y) {
+        h = Gather(E, ids)
+        u = MatMul(h, W)
+        y = Gemm<transB=1>(u, E)
+    }""", {"E": (11, 8), "W": (8, 8)})
+    group = group_of(model, "Gather->h")
+    result = n2n.api.widen_model(model, {group["id"]: "x2"})
+    assert result.report.passed
+    assert result.untied and result.untied[0]["initializer"] == "E"
+    names = [t.name for t in result.model.graph.initializer]
+    assert sum(name.startswith("E") for name in names) == 2
+
+
+def test_runtime_reshape_back_to_batch_and_sequence_passes_units():
+    """GPT-2's Conv1D: [b, s, d] -> [b*s, d] -> Gemm -> [b, s, f] with the shape built as
+    Concat(Shape(x)[0:2], [f]): the unit axis stays last, its literal size is rewritten."""
+    model = build('<ir_version: 8, opset_import: ["" : 17]>' + """
+    g (float[B, S, 8] x) => (float[B, S, 8] y) {
+        flat_shape = Constant<value=int64[2] {-1, 8}>()
+        x2 = Reshape(x, flat_shape)
+        h = Gemm(x2, W1, b1)
+        shp = Shape(x)
+        lead = Slice(shp, zero, two)
+        f = Constant<value=int64[1] {16}>()
+        out_shape = Concat<axis=0>(lead, f)
+        h3 = Reshape(h, out_shape)
+        a = Relu(h3)
+        a2 = Reshape(a, flat_back)
+        z = Gemm(a2, W2, b2)
+        y = Reshape(z, shp)
+    }""", {"W1": (8, 16), "b1": (16,), "W2": (16, 8), "b2": (8,), "zero": np.array([0]), "two": np.array([2]),
+           "flat_back": np.array([-1, 16])})
+    group = group_of(model, "Gemm->h")
+    assert group["widenable"], group["reason"]
+    wide = widen_checked(model, {"W1": 24})
+    assert initializer(wide, "W2").shape == (24, 8)
