@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import onnx_graphsurgeon as gs
 
 from . import graph as G
-from .layout import Layout
+from .layout import Layout, Segment
 
 
 class Family(enum.Flag):
@@ -67,6 +67,12 @@ class Group:
     consumers: list[gs.Node]
     family: Family = Family.ANY
     limits: list[str] | None = None  # why some families were ruled out
+    units: int = 0  # what the mapping moves: `width` units, or fewer runs of them (heads)
+
+    @property
+    def grain(self) -> int:
+        """Units of the first producer per mapped unit (a head's size; 1 for plain layers)."""
+        return self.width // self.units if self.units else 1
 
     @property
     def uniform(self) -> bool:
@@ -92,6 +98,8 @@ class Analysis:
         self.producers: list[Producer] = []
         self._parent: list[int] = []
         self._partitions: list[int] = []
+        self._widths: list[int] = []  # per space
+        self._units: list[int] = []  # per root: how many units its mapping moves (heads, say)
         self._reasons: dict[int, list[str]] = {}
         self._families: dict[int, Family] = {}
         self._limits: dict[int, list[str]] = {}
@@ -102,6 +110,8 @@ class Analysis:
         space = len(self._parent)
         self._parent.append(space)
         self._partitions.append(max(1, partitions))
+        self._widths.append(width)
+        self._units.append(width)
         self.producers.append(Producer(node, space, width))
         return space
 
@@ -117,6 +127,7 @@ class Analysis:
             return
         self._parent[rb] = ra
         self._partitions[ra] = math.lcm(self._partitions[ra], self._partitions[rb])
+        self._units[ra] = math.gcd(self._units[ra], self._units[rb])
         self._reasons.setdefault(ra, []).extend(self._reasons.pop(rb, []))
         fa, fb = self.family(ra), self._families.pop(rb, Family.ANY)
         self._families[ra] = fa & fb
@@ -173,19 +184,32 @@ class Analysis:
     def limits(self, root: int) -> list[str]:
         return self._limits.get(root, [])
 
+    def coarsen(self, space: int, per: int) -> None:
+        """Runs of `per` consecutive units of `space` must move together (a head of D units,
+        once a Reshape splits them off): the group's mapping moves coarser units."""
+        root = self.find(space)
+        self._units[root] = math.gcd(self._units[root], self._widths[space] // per)
+
     def join(self, layouts: list[Layout], node: gs.Node) -> Layout | None:
-        """Activations meeting elementwise must carry the same units: merge their spaces."""
+        """Activations meeting elementwise must carry the same units: merge their spaces.
+
+        Two segments match when they cover the same elements and group into equal blocks:
+        heads of a query (one position each) meet key heads repeated r times (grouped-query
+        attention) as blocks of r positions, so both groups move r query heads per key head."""
         if not layouts:
             return None
         first = layouts[0]
+        pairs = []
         for other in layouts[1:]:
-            if not first.same_structure(other):
+            matched = _matching_segments(first, other)
+            if matched is None:
                 self.block(layouts, node, "joins tensors whose units are laid out differently")
                 return None
-        for other in layouts[1:]:
-            for a, b in zip(first.segments, other.segments):
-                if a.space is not None:
-                    self._union(a.space, b.space)
+            pairs.extend(matched)
+        for a, b in pairs:
+            self.coarsen(a.space, a.per)
+            self.coarsen(b.space, b.per)
+            self._union(a.space, b.space)
         return first
 
     def require_partitions(self, layout: Layout, partitions: int, node: gs.Node) -> bool:
@@ -212,3 +236,25 @@ class Analysis:
 
     def partitions(self, root: int) -> int:
         return self._partitions[root]
+
+    def units(self, root: int) -> int:
+        return self._units[root]
+
+
+def _matching_segments(a: Layout, b: Layout) -> list[tuple[Segment, Segment]] | None:
+    """Pairs of unit segments that must share a mapping, coarsened to a common block; None
+    when the two layouts do not line up element for element."""
+    if a.axis != b.axis or a.outer != b.outer or len(a.segments) != len(b.segments):
+        return None
+    pairs = []
+    for sa, sb in zip(a.segments, b.segments):
+        if (sa.space is None) != (sb.space is None) or sa.size != sb.size:
+            return None
+        if sa.space is None:
+            continue
+        block = math.lcm(sa.block, sb.block)
+        fa, fb = block // sa.block, block // sb.block
+        if sa.positions % fa or sb.positions % fb:
+            return None
+        pairs.append((sa.coarsened(fa), sb.coarsened(fb)))
+    return pairs

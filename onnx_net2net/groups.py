@@ -59,15 +59,12 @@ def _close_groups(analysis: Analysis) -> None:
             if effect.kind in ("contract", "grouped_contract") and all(c is not effect.node for c in consumers):
                 consumers.append(effect.node)
     for index, (root, producers) in enumerate(by_root.items()):
-        widths = {p.width for p in producers}
-        reasons = list(analysis.reasons(root))
-        if len(widths) > 1:
-            reasons.append(f"producers disagree on width ({sorted(widths)})")
         weights, consumers = members[root]
         analysis.groups.append(Group(
             id=f"g{index}", root=root, width=producers[0].width, partitions=analysis.partitions(root),
-            producers=[p.node for p in producers], reasons=reasons, weights=weights, consumers=consumers,
-            family=analysis.family(root), limits=analysis.limits(root)))
+            producers=[p.node for p in producers], reasons=list(analysis.reasons(root)), weights=weights,
+            consumers=consumers, family=analysis.family(root), limits=analysis.limits(root),
+            units=analysis.units(root)))
     for group in analysis.groups:
-        if group.width % group.partitions:
-            group.reasons.append(f"width {group.width} is not divisible into {group.partitions} conv groups")
+        if group.units % group.partitions:
+            group.reasons.append(f"{group.units} units are not divisible into {group.partitions} conv groups")

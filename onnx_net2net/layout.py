@@ -11,15 +11,28 @@ import numpy as np
 
 @dataclass(frozen=True)
 class Segment:
-    """A run of `units` units of `space` (None: a fixed-size stretch), each `block` elements long."""
+    """A run of `units` units of `space` (None: a fixed-size stretch of that many elements).
+
+    Each position along the axis stands for `per` consecutive units (1, or a head's D units
+    once `[.., H*D]` is reshaped to `[.., H, D]`) and occupies `block` elements (H*W after a
+    channels-first flatten, r when grouped-query attention repeats each key head r times)."""
 
     space: int | None
     units: int
     block: int = 1
+    per: int = 1
+
+    @property
+    def positions(self) -> int:
+        return self.units // self.per
 
     @property
     def size(self) -> int:
-        return self.units * self.block
+        return self.positions * self.block
+
+    def coarsened(self, factor: int) -> Segment:
+        """The same elements seen `factor` positions at a time."""
+        return replace(self, per=self.per * factor, block=self.block * factor)
 
 
 @dataclass(frozen=True)
@@ -63,8 +76,8 @@ class Layout:
 
     def same_structure(self, other: Layout) -> bool:
         return (self.axis == other.axis and self.outer == other.outer and len(self.segments) == len(other.segments)
-                and all(a.units == b.units and a.block == b.block and (a.space is None) == (b.space is None)
-                        for a, b in zip(self.segments, other.segments)))
+                and all(a.units == b.units and a.block == b.block and a.per == b.per
+                        and (a.space is None) == (b.space is None) for a, b in zip(self.segments, other.segments)))
 
 
 @dataclass(frozen=True)
@@ -78,6 +91,22 @@ class Mapping:
     def width(self) -> int:
         return len(self.source)
 
+    def expanded(self, grain: int) -> Mapping:
+        """The same mapping over units `grain` times finer (each unit a run of `grain`)."""
+        if grain == 1:
+            return self
+        within = np.arange(grain)
+        return Mapping((self.source[:, None] * grain + within[None, :]).reshape(-1), np.repeat(self.counts, grain))
+
+
+def segment_mapping(seg: Segment, mappings: dict[int, Mapping]) -> Mapping | None:
+    """The mapping of a segment's positions. Mappings are kept per group over its coarsest
+    units (heads, say); a segment's positions are an integer refinement of those."""
+    mapping = mappings.get(seg.space) if seg.space is not None else None
+    if mapping is None:
+        return None
+    return mapping.expanded(seg.positions // len(mapping.counts))
+
 
 def axis_plan(layout: Layout, mappings: dict[int, Mapping]) -> tuple[np.ndarray, np.ndarray]:
     """Element gather indices and per-element replica counts for a layout's axis after widening."""
@@ -85,7 +114,7 @@ def axis_plan(layout: Layout, mappings: dict[int, Mapping]) -> tuple[np.ndarray,
     counts: list[np.ndarray] = []
     offset = 0
     for seg in layout.segments:
-        mapping = mappings.get(seg.space) if seg.space is not None else None
+        mapping = segment_mapping(seg, mappings)
         if mapping is None:
             indices.append(offset + np.arange(seg.size))
             counts.append(np.ones(seg.size, dtype=np.int64))
@@ -101,9 +130,22 @@ def axis_plan(layout: Layout, mappings: dict[int, Mapping]) -> tuple[np.ndarray,
     return (repeats + pattern[None, :]).reshape(-1), np.tile(pattern_counts, layout.outer)
 
 
+def element_mask(layout: Layout, marks: dict[int, np.ndarray], mappings: dict[int, Mapping]) -> np.ndarray:
+    """Per element of the widened axis, whether its unit is marked (e.g. a fresh copy)."""
+    parts = []
+    for seg in layout.segments:
+        mapping = segment_mapping(seg, mappings)
+        flags = marks.get(seg.space) if seg.space is not None else None
+        if mapping is None or flags is None:
+            parts.append(np.zeros(seg.size if mapping is None else mapping.width * seg.block, bool))
+        else:
+            parts.append(np.repeat(np.repeat(flags, mapping.width // len(flags)), seg.block))
+    return np.tile(np.concatenate(parts), layout.outer)
+
+
 def new_size(layout: Layout, mappings: dict[int, Mapping]) -> int:
     total = 0
     for seg in layout.segments:
-        mapping = mappings.get(seg.space) if seg.space is not None else None
+        mapping = segment_mapping(seg, mappings)
         total += seg.size if mapping is None else mapping.width * seg.block
     return total * layout.outer

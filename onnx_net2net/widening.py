@@ -10,7 +10,7 @@ import onnx_graphsurgeon as gs
 from . import graph as G
 from .errors import Net2NetError
 from .analysis import Analysis, Effect, Group
-from .layout import Mapping, axis_plan, new_size
+from .layout import Mapping, axis_plan, element_mask, new_size, segment_mapping
 from .targets import NameIndex, is_pattern, parse_width
 
 
@@ -43,7 +43,7 @@ def resolve(analysis: Analysis, requests: dict[str, int | float | str],
     chosen: dict[int, Widening] = {}
     for target, spec in requests.items():
         for group in _lookup(target, index, groups, optional):
-            width = parse_width(spec, group.width, f"target '{target}' ({group.id})")
+            width = _width_for(spec, group, f"target '{target}' ({group.id})")
             if group.uniform and width % group.width:
                 raise Net2NetError(f"target '{target}' ({group.id}): width {width} is not a multiple of "
                                    f"{group.width}; {uniform_reason(group)}")
@@ -62,13 +62,25 @@ def resolve(analysis: Analysis, requests: dict[str, int | float | str],
         for group in analysis.groups:
             if group.root in chosen or not group.widenable:
                 continue
-            width = parse_width(widen_all, group.width, "--all") if group.partitions == 1 else \
+            width = _width_for(widen_all, group, "--all") if group.partitions == 1 else \
                 _grouped_width(widen_all, group)
             if group.uniform and width % group.width:
                 continue  # reported by `skipped_by_all`
             if width > group.width:
                 chosen[group.root] = Widening(group, group.width, width, ["all"])
     return sorted(chosen.values(), key=lambda w: int(w.group.id[1:]))
+
+
+def _width_for(spec: int | float | str, group: Group, where: str) -> int:
+    """A requested width in the first producer's units; groups that move runs of units
+    (attention heads) take whole runs: factors round to them, absolute widths must fit."""
+    width = parse_width(spec, group.width, where)
+    if width % group.grain == 0:
+        return width
+    if isinstance(spec, int) or str(spec).strip().isdigit():
+        raise Net2NetError(f"{where}: width {width} is not a multiple of {group.grain}: the group moves "
+                           f"{group.units} runs of {group.grain} units (attention heads) together")
+    return max(round(width / group.grain), group.units + 1) * group.grain
 
 
 def uniform_reason(group: Group) -> str:
@@ -154,8 +166,8 @@ def apply(graph: gs.Graph, analysis: Analysis, widenings: list[Widening], seed: 
     for w in widenings:
         index = int(w.group.id[1:])
         rng = np.random.default_rng([seed, index])
-        mappings[w.group.root], fresh[w.group.root] = make_mapping(w.old, w.new, w.group.partitions, rng,
-                                                                   uniform=w.group.uniform)
+        mappings[w.group.root], fresh[w.group.root] = make_mapping(
+            w.group.units, w.new // w.group.grain, w.group.partitions, rng, uniform=w.group.uniform)
     canon = {id(e): e.layout.canonical(analysis.find) for e in analysis.effects}
     relevant = [e for e in analysis.effects if canon[id(e)].spaces & mappings.keys()]
     by_slot: dict[tuple[int, int], list[Effect]] = {}
@@ -227,7 +239,7 @@ def _transform(values: np.ndarray, effects: list[Effect], canon: dict, mappings:
         if effect.kind == "contract":
             widened = _divide_replicas(widened, effect, counts)
         elif effect.incoming and noise > 0:
-            widened = _add_noise(widened, values, effect.axis, layout, fresh, noise, rng)
+            widened = _add_noise(widened, values, effect.axis, layout, fresh, mappings, noise, rng)
         values = widened
     return values
 
@@ -258,7 +270,7 @@ _SLAB_ELEMENTS = 1 << 22
 def _grouped_contract(values: np.ndarray, axis: int, groups: int, layout, mappings) -> np.ndarray:
     """Weights (C_out, C_in/groups, k...): inside group i, new input j reads old input g(j)."""
     (segment,) = layout.segments
-    mapping = mappings.get(segment.space)
+    mapping = segment_mapping(segment, mappings)
     if mapping is None:
         return values
     per_old, per_new = segment.units // groups, mapping.width // groups
@@ -274,13 +286,9 @@ def _grouped_contract(values: np.ndarray, axis: int, groups: int, layout, mappin
     return np.concatenate(out, axis=0).astype(values.dtype)
 
 
-def _add_noise(widened, original, axis, layout, fresh, noise, rng) -> np.ndarray:
+def _add_noise(widened, original, axis, layout, fresh, mappings, noise, rng) -> np.ndarray:
     """Net2Net's symmetry-breaking noise on the copies' incoming weights (not exact)."""
-    mask_parts = []
-    for seg in layout.segments:
-        flags = fresh.get(seg.space) if seg.space is not None else None
-        mask_parts.append(np.zeros(seg.size, bool) if flags is None else np.repeat(flags, seg.block))
-    mask = np.concatenate(mask_parts)
+    mask = element_mask(layout, fresh, mappings)
     scale = float(np.std(original.astype(np.float64))) * noise
     moved = np.moveaxis(widened.astype(np.float64), axis, 0)
     moved[mask] += rng.normal(0.0, scale, size=moved[mask].shape)

@@ -165,3 +165,81 @@ def test_runtime_reshape_back_to_batch_and_sequence_passes_units():
     assert group["widenable"], group["reason"]
     wide = widen_checked(model, {"W1": 24})
     assert initializer(wide, "W2").shape == (24, 8)
+
+
+def _attention(kv_heads: int = 4, runtime_shapes: bool = False):
+    """One attention layer over [2, 5, 16] with 4 query heads of 4 and `kv_heads` key/value
+    heads (grouped-query when fewer, repeated by Unsqueeze/Expand/Reshape)."""
+    rep = 4 // kv_heads
+    kv = kv_heads * 4
+    if runtime_shapes:
+        heads = """
+        shp = Shape(x)
+        lead = Slice(shp, zero, two)
+        qs = Concat<axis=0>(lead, nh, hd)
+        ks = Concat<axis=0>(lead, nkv, hd)"""
+    else:
+        heads = f"""
+        qs = Constant<value=int64[4] {{2, 5, 4, 4}}>()
+        ks = Constant<value=int64[4] {{2, 5, {kv_heads}, 4}}>()"""
+    repeat = "" if rep == 1 else f"""
+        k5 = Unsqueeze(kt0, ax2)
+        v5 = Unsqueeze(vt0, ax2)
+        es = Constant<value=int64[5] {{2, {kv_heads}, {rep}, 4, 5}}>()
+        ev = Constant<value=int64[5] {{2, {kv_heads}, {rep}, 5, 4}}>()
+        ke = Expand(k5, es)
+        ve = Expand(v5, ev)
+        ks4 = Constant<value=int64[4] {{2, 4, 4, 5}}>()
+        vs4 = Constant<value=int64[4] {{2, 4, 5, 4}}>()
+        kt = Reshape(ke, ks4)
+        vt = Reshape(ve, vs4)"""
+    names = ("kt0", "vt0") if rep > 1 else ("kt", "vt")
+    return build('<ir_version: 8, opset_import: ["" : 17]>' + f"""
+    g (float[2, 5, 16] x) => (float[2, 5, 3] y) {{
+        {heads}
+        q = MatMul(x, Wq)
+        qb = Add(q, bq)
+        k = MatMul(x, Wk)
+        v = MatMul(x, Wv)
+        q4 = Reshape(qb, qs)
+        k4 = Reshape(k, ks)
+        v4 = Reshape(v, ks)
+        qt = Transpose<perm=[0, 2, 1, 3]>(q4)
+        {names[0]} = Transpose<perm=[0, 2, 3, 1]>(k4)
+        {names[1]} = Transpose<perm=[0, 2, 1, 3]>(v4)
+        {repeat}
+        s = MatMul(qt, kt)
+        scale = Constant<value=float {{0.5}}>()
+        ss = Mul(s, scale)
+        p = Softmax<axis=-1>(ss)
+        o = MatMul(p, vt)
+        ot = Transpose<perm=[0, 2, 1, 3]>(o)
+        os = Constant<value=int64[3] {{2, 5, 16}}>()
+        o3 = Reshape(ot, os)
+        a = MatMul(o3, Wo)
+        y = MatMul(a, Wh)
+    }}""", {"Wq": (16, 16), "bq": (16,), "Wk": (16, kv), "Wv": (16, kv), "Wo": (16, 16), "Wh": (16, 3),
+            "zero": np.array([0]), "two": np.array([2]), "nh": np.array([4]), "nkv": np.array([kv_heads]),
+            "hd": np.array([4]), "ax2": np.array([2])})
+
+
+@pytest.mark.parametrize("kv_heads,runtime", [(4, False), (4, True), (2, False)])
+def test_attention_heads_widen_as_whole_heads(kv_heads, runtime):
+    model = _attention(kv_heads, runtime)
+    group = group_of(model, "MatMul->q")
+    assert group["widenable"], group["reason"]
+    assert group["units"] == kv_heads and set(group["producers"]) == {"MatMul->q", "MatMul->k", "MatMul->v"}
+    wide = widen_checked(model, {"Wq": "x2"})
+    assert initializer(wide, "Wq").shape == (16, 32) and initializer(wide, "Wk").shape == (16, kv_heads * 8)
+    assert initializer(wide, "Wo").shape == (32, 16)
+    if kv_heads == 4:
+        widen_checked(model, {"Wq": 24})  # 6 heads
+        with pytest.raises(n2n.Net2NetError, match="not a multiple of 4"):
+            n2n.widen(model, {"Wq": 18}, verify=False)
+
+
+def test_single_key_head_is_refused_with_its_reason():
+    """Multi-query attention: a reshape of one key head's 4 units to [.., 1, 4] reads as the
+    units staying on the last axis, which QK^T then contracts: refused, not guessed."""
+    group = group_of(_attention(1), "MatMul->q")
+    assert not group["widenable"] and "MatMul between two activations contracts" in group["reason"]

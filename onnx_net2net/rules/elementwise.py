@@ -8,6 +8,7 @@ from .. import graph as G
 from ..analysis import Analysis
 from ..layout import Layout
 from . import register
+from .shape import static_dim
 
 ELEMENTWISE = (
     # activations: a copy of a unit computes the copy's value, whatever the function
@@ -52,7 +53,7 @@ def broadcast(analysis: Analysis, node: gs.Node, ins: list[Layout | None]) -> li
         axis = base.axis - (out_rank - tensor_rank)
         if axis < 0:
             continue
-        size = G.dim(tensor, axis) if not G.is_constant(tensor) else int(tensor.shape[axis])
+        size = static_dim(tensor, axis)
         if size == 1:
             continue
         if G.is_constant(tensor) and size == base.size:

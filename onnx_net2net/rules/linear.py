@@ -9,6 +9,7 @@ from .. import graph as G
 from ..analysis import Analysis
 from ..layout import Layout
 from . import carried, register
+from .shape import static_dim
 
 
 def _weight_shape(analysis: Analysis, node: gs.Node, slot: int, ins: list[Layout | None]) -> tuple[int, ...] | None:
@@ -123,9 +124,7 @@ def gemm(analysis: Analysis, node: gs.Node, ins: list[Layout | None]) -> list[La
 def matmul(analysis: Analysis, node: gs.Node, ins: list[Layout | None]) -> list[Layout | None]:
     a_tensor, b_tensor = node.inputs
     if not G.is_constant(b_tensor):
-        if any(ins):
-            analysis.block(ins, node, "MatMul between two activations contracts or mixes the units")
-        return [None]
+        return [_batched_matmul(analysis, node, ins)] if any(ins) else [None]
     b_shape = tuple(int(d) for d in b_tensor.shape)
     a = ins[0]
     out_rank = G.rank(node.outputs[0])
@@ -138,3 +137,31 @@ def matmul(analysis: Analysis, node: gs.Node, ins: list[Layout | None]) -> list[
     if len(b_shape) < 2 or out_rank is None:
         return [None]
     return [_produce(analysis, node, b_shape[-1], out_rank - 1, out_rank, len(b_shape) - 1, len(b_shape))]
+
+
+def _batched_matmul(analysis: Analysis, node: gs.Node, ins: list[Layout | None]) -> Layout | None:
+    """A product of two activations (attention's QK^T and PV): units on a batch axis (the
+    heads) pass through, and both operands' heads must correspond; units on the two matrix
+    axes are contracted or mixed."""
+    out_rank = G.rank(node.outputs[0])
+    ranks = [G.rank(t) for t in node.inputs]
+    if out_rank is None or None in ranks:
+        analysis.block(ins, node, "MatMul of activations with unknown ranks")
+        return None
+    aligned = []
+    for tensor, layout, rank in zip(node.inputs, ins, ranks):
+        if layout is not None and layout.axis >= rank - 2:
+            analysis.block(ins, node, "MatMul between two activations contracts or mixes the units")
+            return None
+        if layout is not None:
+            aligned.append(layout.moved(layout.axis + out_rank - rank, out_rank))
+    base = analysis.join(aligned, node)
+    if base is None:
+        return None
+    for tensor, layout, rank in zip(node.inputs, ins, ranks):
+        axis = base.axis - (out_rank - rank)
+        if layout is None and axis >= 0 and static_dim(tensor, axis) != 1:
+            analysis.block(base, node, f"multiplies by {analysis.describe(tensor)}, whose size along the unit "
+                           "axis is fixed")
+            return None
+    return base

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import onnx_graphsurgeon as gs
@@ -97,10 +97,103 @@ def shape_entries(tensor: gs.Tensor) -> list[Dim | int | None] | None:
             source, index = shape_entries(producer.inputs[0]), G.constant(producer.inputs[1])
             if source is not None and index is not None:
                 return [source[int(i)] for i in index.reshape(-1)]
+        if op == "Reshape" and G.rank(producer.inputs[0]) == 1:
+            return shape_entries(producer.inputs[0])
+        if op == "ConstantOfShape":
+            length = shape_entries(producer.inputs[0])
+            fill = G.attr(producer, "value")
+            fill = int(np.asarray(fill.values).reshape(-1)[0]) if isinstance(fill, gs.Constant) else 0
+            if length is not None and len(length) == 1 and isinstance(_known(length[0]), int):
+                return [fill] * _known(length[0])
+        if op in ("Mul", "Add", "Equal", "Where"):
+            return _entrywise(producer)
     dims = G.shape(tensor)
     if dims is not None and len(dims) == 1 and isinstance(dims[0], int):
         return [None] * dims[0]
     return None
+
+
+def _entrywise(node: gs.Node) -> list | None:
+    """Arithmetic on shape vectors as torch's exporter spells `expand(-1, ...)`:
+    Where(Equal(s, -1), ones, s). Dims are sizes, so they never equal a negative literal."""
+    parts = [shape_entries(t) if G.rank(t) == 1 or G.is_constant(t) and np.asarray(t.values).ndim == 1
+             else ([int(np.asarray(t.values))] if G.is_constant(t) and np.asarray(t.values).ndim == 0 else None)
+             for t in node.inputs]
+    if any(p is None for p in parts):
+        return None
+    length = max(len(p) for p in parts)
+    if any(len(p) not in (1, length) for p in parts):
+        return None
+    rows = [[_known(p[i] if len(p) > 1 else p[0]) for p in parts] for i in range(length)]
+    out: list = []
+    for row in rows:
+        if node.op == "Where":
+            cond, yes, no = row
+            out.append(None if cond is None or isinstance(cond, Dim) else (yes if cond else no))
+        elif all(isinstance(v, int) for v in row):
+            a, b = row
+            out.append(a * b if node.op == "Mul" else a + b if node.op == "Add" else a == b)
+        elif node.op == "Equal" and any(isinstance(v, Dim) for v in row) and any(isinstance(v, int) and v < 0 for v in row):
+            out.append(False)
+        else:
+            out.append(None)
+    return out
+
+
+def _known(entry):
+    """A traced dim of known size is just that size."""
+    return entry.coef if isinstance(entry, Dim) and entry.known else entry
+
+
+def static_dim(tensor: gs.Tensor, axis: int, depth: int = 0) -> int | None:
+    """A tensor's size along `axis` where shape inference left it open: followed through
+    broadcasting ops and Expand, whose target shape may be computed (attention masks)."""
+    if G.is_constant(tensor):
+        shape = tuple(np.asarray(tensor.values).shape)
+        return int(shape[axis]) if -len(shape) <= axis < len(shape) else None
+    known = G.dim(tensor, axis)
+    rank = G.rank(tensor)
+    if isinstance(known, int) or rank is None or depth > 32 or not tensor.inputs:
+        return known if isinstance(known, int) else None
+    axis = axis + rank if axis < 0 else axis
+    node = tensor.inputs[0]
+    if not G.is_default_domain(node):
+        return None
+    if node.op in ("Cast", "Identity", "Not", "Neg", "Abs", "Sqrt", "Exp", "Log", "Relu", "Sigmoid", "Tanh"):
+        return static_dim(node.inputs[0], axis, depth + 1)
+    if node.op == "Unsqueeze":
+        axes = _axes_input(node, "axes", 1)
+        if axes is None:
+            return None
+        axes = _normalize(axes, rank)
+        if axis in axes:
+            return 1
+        return static_dim(node.inputs[0], axis - sum(a < axis for a in axes), depth + 1)
+    if node.op == "Expand":
+        entries = shape_entries(node.inputs[1])
+        sources = [node.inputs[0]]
+        if entries is None or len(entries) > rank:
+            return None
+        entry = entries[axis - (rank - len(entries))] if axis >= rank - len(entries) else 1
+        if isinstance(entry, int) and entry > 1:
+            return entry
+        if entry != 1:
+            return None
+    elif node.op in ("Add", "Sub", "Mul", "Div", "Pow", "Where", "And", "Or", "Xor", "Equal", "Less", "Greater",
+                     "LessOrEqual", "GreaterOrEqual", "Max", "Min"):
+        sources = list(node.inputs)
+    else:
+        return None
+    sizes = []
+    for source in sources:
+        source_rank = G.rank(source) if not G.is_constant(source) else np.asarray(source.values).ndim
+        if source_rank is None:
+            return None
+        local = axis - (rank - source_rank)
+        sizes.append(1 if local < 0 else static_dim(source, local, depth + 1))
+    if any(size is not None and size != 1 for size in sizes):
+        return max(size for size in sizes if size is not None)
+    return 1 if all(size == 1 for size in sizes) else None
 
 
 def entry_origin(tensor: gs.Tensor, index: int) -> tuple[gs.Node, int, int] | None:
@@ -231,25 +324,57 @@ def reshape(analysis: Analysis, node: gs.Node, ins: list[Layout | None]) -> list
         analysis.block(x, node, "target shape cannot be resolved")
         return [None]
     found = _merged_axis(in_dims, out, x)
-    if found is None:
-        analysis.block(x, node, "splits the unit axis or merges it with a dim of unknown size")
+    split = None if found is not None else _split_axis(in_dims, out, x)
+    if found is None and split is None:
+        analysis.block(x, node, "splits the unit axis into parts that do not hold whole units, or merges it "
+                       "with a dim of unknown size")
         return [None]
-    v, leading, merged = found
+    if found is not None:
+        v, leading, merged = found
+        layout = x.scaled(merged).tiled(leading).moved(v, len(out))
+    else:
+        v, segment = split
+        leading, merged = 1, 1
+        layout = Layout(v, len(out), (segment,))
     entry = entries[v]
-    layout = x.scaled(merged).tiled(leading).moved(v, len(out))
     if isinstance(entry, int) and entry > 0:
         origin = (node, 1, v) if G.is_constant(node.inputs[1]) else entry_origin(node.inputs[1], v)
         if origin is None:
             analysis.block(x, node, "the unit axis's size is baked into a shape computed at runtime")
             return [None]
         analysis.effect("entry", *origin, layout)
-    elif entry == 0 and (v != x.axis or merged != 1 or leading != 1):
+    elif entry == 0 and (v != x.axis or merged != 1 or leading != 1 or split is not None):
         analysis.block(x, node, "copies a dim (0) that does not follow the unit axis")
         return [None]
-    elif entry is None or isinstance(entry, Dim) and not _follows(analysis, entry, x, merged):
+    elif entry is None or isinstance(entry, Dim) and (split is not None or not _follows(analysis, entry, x, merged)):
         analysis.block(x, node, "the unit axis's size comes from a runtime shape that does not follow the units")
         return [None]
+    if split is not None and segment.per != x.segments[0].per:
+        analysis.coarsen(segment.space, segment.per)
     return [layout]
+
+
+def _split_axis(in_dims: list[Dim], out: list[Dim], x: Layout) -> tuple[int, Segment] | None:
+    """`[.., H*D] -> [.., H, D]`: the unit axis split into a leading axis that keeps whole
+    runs of units (heads of D) and trailing axes inside them. Returns the output axis and
+    the segment it carries; the group must then move runs of `segment.per` units."""
+    if len(x.segments) != 1 or x.segments[0].space is None or x.outer != 1:
+        return None
+    seg = x.segments[0]
+    for v in range(len(out)):
+        for w in range(v + 1, len(out)):
+            inner = _product(out[v + 1:w + 1])
+            if not (out[v].known and inner.known) or out[v].coef * inner.coef != x.size:
+                continue
+            if _product(in_dims[:x.axis]) != _product(out[:v]) and \
+                    _product(in_dims[x.axis + 1:]) != _product(out[w + 1:]):
+                continue
+            rest = inner.coef
+            if seg.block % rest == 0:
+                return v, replace(seg, block=seg.block // rest)
+            if rest % seg.block == 0 and seg.positions % (rest // seg.block) == 0:
+                return v, Segment(seg.space, seg.units, 1, seg.per * (rest // seg.block))
+    return None
 
 
 def _merged_axis(in_dims: list[Dim], out: list[Dim], x: Layout) -> tuple[int, int, int] | None:
