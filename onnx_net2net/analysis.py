@@ -104,6 +104,8 @@ class Analysis:
         self._families: dict[int, Family] = {}
         self._limits: dict[int, list[str]] = {}
         self.groups: list[Group] = []
+        self.added_nodes: list[gs.Node] = []  # copies of shared shape computations (private_input)
+        self._copies = 0
 
     # -- union-find over unit spaces -------------------------------------------------------
     def new_space(self, node: gs.Node, width: int, partitions: int = 1) -> int:
@@ -224,6 +226,23 @@ class Analysis:
 
     def effect(self, kind: str, node: gs.Node, slot: int, axis: int, layout: Layout, **extra) -> None:
         self.effects.append(Effect(kind, node, slot, axis, layout, **extra))
+
+    def private_input(self, node: gs.Node, slot: int) -> gs.Tensor:
+        """The runtime tensor `node` reads at `slot`, computed for `node` alone: when other
+        nodes read it too, its producer is duplicated (kept aside until the walk ends)."""
+        tensor = node.inputs[slot]
+        if not isinstance(tensor, gs.Variable) or not tensor.inputs or len(tensor.outputs) < 2:
+            return tensor
+        producer = tensor.inputs[0]
+        self._copies += 1
+        outputs = [gs.Variable(f"{t.name}__n2n_own{self._copies}", dtype=t.dtype, shape=t.shape)
+                   for t in producer.outputs]
+        copy = gs.Node(producer.op, f"{producer.name}__n2n_own{self._copies}" if producer.name else None,
+                       dict(producer.attrs), list(producer.inputs), outputs, domain=producer.domain)
+        self.added_nodes.append(copy)
+        own = outputs[producer.outputs.index(tensor)]
+        node.inputs[slot] = own
+        return own
 
     def describe(self, tensor: gs.Tensor) -> str:
         if tensor in self.graph.inputs:

@@ -10,6 +10,8 @@ import onnx_graphsurgeon as gs
 from onnx import helper, numpy_helper
 from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter
 
+from . import probe
+
 gs.logger.G_LOGGER.severity = gs.logger.G_LOGGER.ERROR
 logging.getLogger("onnx_graphsurgeon").setLevel(logging.ERROR)
 
@@ -28,7 +30,53 @@ def import_model(model: onnx.ModelProto) -> gs.Graph:
     graph = gs.import_onnx(model)
     fold_constants(graph)
     infer_shapes(graph)
+    observe_shapes(graph)
     return graph
+
+
+def observe_shapes(graph: gs.Graph) -> None:
+    """Where shape inference left dims unknown, take the sizes two tiny runs show (see
+    `probe`): static ones as ints, dynamic ones as signatures that multiply like sizes.
+    Every symbolic dim, graph inputs' included, is then a signature, so equal sizes compare
+    equal; the model's interface is written back from the original on export."""
+    tensors = [t for t in graph.tensors().values() if isinstance(t, gs.Variable) and t.name]
+    if all(t.shape is not None and all(isinstance(d, (int, np.integer)) or (isinstance(d, str) and d
+                                                                            and not d.startswith("unk__"))
+                                       for d in t.shape) for t in tensors):
+        return
+    shapes = probe.observe(_probe_model(graph), [t.name for t in tensors])
+    for tensor in tensors:
+        seen = shapes.get(tensor.name)
+        if seen is None or tensor.shape is not None and len(tensor.shape) != len(seen):
+            continue
+        if tensor.shape is not None and any(isinstance(d, (int, np.integer)) and d >= 0 and d != o
+                                            for d, o in zip(tensor.shape, seen)):
+            continue  # the runs contradict inference: trust neither
+        tensor.shape = list(seen)
+
+
+def _probe_model(graph: gs.Graph) -> onnx.ModelProto:
+    """The skeleton with every weight it declares by type materialized as zeros at run time:
+    shapes never depend on weight values, and the proto stays small whatever the model."""
+    model = _skeleton(graph)
+    produced = {t.name for t in graph.tensors().values() if isinstance(t, gs.Constant)}
+    weights = [vi for vi in model.graph.input if vi.name in produced]
+    runtime = [vi for vi in model.graph.input if vi.name not in produced]
+    nodes = []
+    for vi in weights:
+        ttype = vi.type.tensor_type
+        dims = [d.dim_value for d in ttype.shape.dim]
+        shape_name = vi.name + "__n2n_shape"
+        model.graph.initializer.append(numpy_helper.from_array(np.array(dims, np.int64), shape_name))
+        zero = helper.make_tensor("value", ttype.elem_type, [1], [0] if ttype.elem_type != onnx.TensorProto.BOOL
+                                  else [False])
+        nodes.append(helper.make_node("ConstantOfShape", [shape_name], [vi.name], value=zero))
+    del model.graph.input[:]
+    model.graph.input.extend(runtime)
+    body = list(model.graph.node)
+    del model.graph.node[:]
+    model.graph.node.extend(nodes + body)
+    return model
 
 
 def is_default_domain(node: gs.Node) -> bool:
@@ -239,18 +287,37 @@ def export_model(graph: gs.Graph, original: onnx.ModelProto) -> onnx.ModelProto:
     out = model.graph
     out.name, out.doc_string = original.graph.name, original.graph.doc_string
     out.node.extend(OnnxExporter.export_node(node) for node in graph.nodes)
-    out.input.extend(OnnxExporter.export_value_info_proto(t, do_type_check=False) for t in graph.inputs)
-    out.output.extend(OnnxExporter.export_value_info_proto(t, do_type_check=False) for t in graph.outputs)
+    out.input.extend(_interface(t, original.graph.input) for t in graph.inputs)
+    out.output.extend(_interface(t, original.graph.output) for t in graph.outputs)
     interface = {t.name for t in graph.inputs + graph.outputs}
     tensors = [t for t in graph.tensors().values() if t.name not in interface]
     for tensor in tensors:
         if isinstance(tensor, gs.Constant):
             _export_initializer(out, tensor)
-    out.value_info.extend(OnnxExporter.export_value_info_proto(t, do_type_check=False) for t in tensors
+    out.value_info.extend(_value_info(t) for t in tensors
                           if isinstance(t, gs.Variable) and (t.dtype is not None or t.shape is not None))
     if original.ir_version < 4:
         _restore_initializer_inputs(model, original)
     return model
+
+
+def _interface(tensor: gs.Variable, declared) -> onnx.ValueInfoProto:
+    """Graph inputs and outputs exactly as the original declared them (names of dynamic
+    dims included); the rewrites never change the interface."""
+    for info in declared:
+        if info.name == tensor.name:
+            return info
+    return _value_info(tensor)
+
+
+def _value_info(tensor: gs.Variable) -> onnx.ValueInfoProto:
+    """Observed dims are this tool's private signatures: written as unknown dims."""
+    info = OnnxExporter.export_value_info_proto(tensor, do_type_check=False)
+    if info.type.HasField("tensor_type"):
+        for d in info.type.tensor_type.shape.dim:
+            if d.HasField("dim_param") and d.dim_param.startswith(probe.SIGNATURE):
+                d.ClearField("dim_param")
+    return info
 
 
 def _export_initializer(out: onnx.GraphProto, tensor: gs.Constant) -> None:

@@ -35,6 +35,9 @@ def analyze(graph: gs.Graph) -> Analysis:
             if layout is not None and tensor.name:
                 analysis.layouts[tensor.name] = layout
 
+    if analysis.added_nodes:
+        graph.nodes.extend(analysis.added_nodes)
+        graph.toposort()
     for tensor in graph.outputs:
         layout = analysis.layouts.get(tensor.name)
         if layout is not None:

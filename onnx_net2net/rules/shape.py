@@ -9,6 +9,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from .. import graph as G
+from .. import probe
 from ..analysis import Analysis
 from ..layout import Layout, Segment
 from . import register
@@ -28,12 +29,26 @@ class Dim:
     def of(value: int | str | None, fresh: str) -> Dim:
         if isinstance(value, (int, np.integer)):
             return Dim(int(value))
-        return Dim(1, (value if isinstance(value, str) else fresh,))
+        return _canonical(1, (value if isinstance(value, str) else fresh,))
 
     def __mul__(self, other: Dim) -> Dim:
-        return Dim(self.coef * other.coef, tuple(sorted(self.symbols + other.symbols)))
+        return _canonical(self.coef * other.coef, self.symbols + other.symbols)
 
     def divide(self, other: Dim) -> Dim | None:
+        """Exact quotient, or None. Observed signatures divide run by run."""
+        mine, theirs = _observed(self), _observed(other)
+        if mine is not None or theirs is not None:
+            runs = len(mine if mine is not None else theirs)
+            a = mine if mine is not None else np.full(runs, self.coef)
+            b = theirs if theirs is not None else np.full(runs, other.coef)
+            if len(a) != len(b) or np.any(b == 0) or np.any(a % b):
+                return None
+            plain_self = Dim(1, tuple(x for x in self.symbols if not x.startswith(probe.SIGNATURE)))
+            plain_other = Dim(1, tuple(x for x in other.symbols if not x.startswith(probe.SIGNATURE)))
+            rest = plain_self.divide(plain_other)
+            if rest is None:
+                return None
+            return _canonical(1, rest.symbols + (probe.signature(tuple(int(v) for v in a // b)),))
         if other.coef == 0 or self.coef % other.coef:
             return None
         left = Counter(self.symbols)
@@ -45,6 +60,33 @@ class Dim:
     @property
     def known(self) -> bool:
         return not self.symbols
+
+
+def _observed(dim: Dim) -> np.ndarray | None:
+    """The sizes a dim had in each probe run (coefficient included), if it was observed."""
+    runs = [np.array([int(v) for v in s[len(probe.SIGNATURE):].split(",")], dtype=np.int64)
+            for s in dim.symbols if s.startswith(probe.SIGNATURE)]
+    if not runs:
+        return None
+    total = np.full_like(runs[0], dim.coef)
+    for values in runs:
+        if len(values) != len(total):
+            return None
+        total = total * values
+    return total
+
+
+def _canonical(coef: int, symbols: tuple[str, ...]) -> Dim:
+    """One form per size: observed signatures and the coefficient fold into one signature
+    (a static product becomes a plain int), so equal sizes compare equal."""
+    plain = tuple(sorted(s for s in symbols if not s.startswith(probe.SIGNATURE)))
+    values = _observed(Dim(coef, symbols))
+    if values is None:
+        return Dim(coef, plain)
+    folded = probe.signature(tuple(int(v) for v in values))
+    if isinstance(folded, int):
+        return Dim(folded, plain)
+    return Dim(1, tuple(sorted(plain + (folded,))))
 
 
 def _product(dims: list[Dim]) -> Dim:
@@ -196,26 +238,29 @@ def static_dim(tensor: gs.Tensor, axis: int, depth: int = 0) -> int | None:
     return 1 if all(size == 1 for size in sizes) else None
 
 
-def entry_origin(tensor: gs.Tensor, index: int) -> tuple[gs.Node, int, int] | None:
-    """Where entry `index` of a runtime shape tensor is a literal: (node, input slot, position)
-    of the constant piece of a Concat that holds it (through Cast/Identity), so it can be
-    rewritten. Keras and JAX exports build flatten shapes as Concat(batch dim, [features])."""
+def entry_origin(analysis: Analysis, reader: gs.Node, slot: int, index: int) -> tuple[gs.Node, int, int] | None:
+    """Where entry `index` of the runtime shape `reader` reads at `slot` is a literal: (node,
+    input slot, position) of the constant piece of a Concat that holds it (through
+    Cast/Identity), so it can be rewritten. Keras and JAX exports build flatten shapes as
+    Concat(batch dim, [features]). A shape computation other readers share is first copied
+    for this one, so rewriting it never resizes another layer's reshape."""
+    tensor = analysis.private_input(reader, slot)
     producer = tensor.inputs[0] if tensor.inputs else None
     if producer is None or not G.is_default_domain(producer):
         return None
     if producer.op in ("Cast", "Identity"):
-        return entry_origin(producer.inputs[0], index)
+        return entry_origin(analysis, producer, 0, index)
     if producer.op != "Concat":
         return None
     offset = 0
-    for slot, piece in enumerate(producer.inputs):
+    for piece_slot, piece in enumerate(producer.inputs):
         entries = shape_entries(piece)
         if entries is None:
             return None
         if index < offset + len(entries):
             if G.is_constant(piece):
-                return producer, slot, index - offset
-            return entry_origin(piece, index - offset)
+                return producer, piece_slot, index - offset
+            return entry_origin(analysis, producer, piece_slot, index - offset)
         offset += len(entries)
     return None
 
@@ -338,7 +383,7 @@ def reshape(analysis: Analysis, node: gs.Node, ins: list[Layout | None]) -> list
         layout = Layout(v, len(out), (segment,))
     entry = entries[v]
     if isinstance(entry, int) and entry > 0:
-        origin = (node, 1, v) if G.is_constant(node.inputs[1]) else entry_origin(node.inputs[1], v)
+        origin = (node, 1, v) if G.is_constant(node.inputs[1]) else entry_origin(analysis, node, 1, v)
         if origin is None:
             analysis.block(x, node, "the unit axis's size is baked into a shape computed at runtime")
             return [None]
