@@ -26,9 +26,29 @@ _SKELETON_VALUE_LIMIT = 64
 def import_model(model: onnx.ModelProto) -> gs.Graph:
     """Import into onnx-graphsurgeon, fold constant subgraphs into weights, and infer shapes."""
     graph = gs.import_onnx(model)
+    _numpy_dtypes(graph)
     fold_constants(graph)
     infer_shapes(graph)
     return graph
+
+
+def _numpy_dtypes(graph: gs.Graph) -> None:
+    """onnx-graphsurgeon keeps types numpy lacks (bfloat16, float8) as ONNX enums; onnx reads
+    them as ml_dtypes arrays, so the tensors get those numpy dtypes and every later step
+    (shape skeleton, new weights, export) sees one kind of dtype."""
+    for body in [graph, *graph.subgraphs(recursive=True)]:
+        for tensor in body.tensors().values():
+            holder = tensor._values if isinstance(tensor, gs.Constant) else tensor
+            if isinstance(holder, (gs.Variable, gs.ir.tensor.LazyValues)) and isinstance(holder.dtype, int):
+                try:
+                    holder.dtype = np.dtype(helper.tensor_dtype_to_np_dtype(holder.dtype))
+                except (KeyError, TypeError, ValueError):
+                    pass
+
+
+def onnx_dtype(dtype) -> int:
+    """The ONNX enum of a numpy (or ml_dtypes) dtype."""
+    return helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
 
 
 def is_default_domain(node: gs.Node) -> bool:
@@ -212,7 +232,7 @@ def _skeleton(graph: gs.Graph) -> onnx.ModelProto:
             initializers.append(numpy_helper.from_array(np.asarray(tensor.values), tensor.name))
         else:
             inputs.append(helper.make_tensor_value_info(
-                tensor.name, helper.np_dtype_to_tensor_dtype(np.dtype(tensor.dtype)), list(tensor.shape)))
+                tensor.name, onnx_dtype(tensor.dtype), list(tensor.shape)))
     opsets = list(graph.import_domains or [helper.make_opsetid("", opset(graph))])
     model = helper.make_model(helper.make_graph(nodes, graph.name or "g", inputs, outputs, initializers),
                               opset_imports=opsets)
