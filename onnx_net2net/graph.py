@@ -244,8 +244,9 @@ def _skeleton(graph: gs.Graph) -> onnx.ModelProto:
 def export_model(graph: gs.Graph, original: onnx.ModelProto) -> onnx.ModelProto:
     """Export, keeping the original's IR version, opsets, metadata and interface order.
 
-    IR < 4 models declare every initializer as a graph input; onnx-graphsurgeon drops those,
-    so they are restored (in their original order, with their new shapes).
+    onnx-graphsurgeon drops graph inputs that are initializers: IR < 4 models declare every
+    initializer so, and later ones may declare some (weights a caller can override). They are
+    restored in their original order, with their new shapes.
     """
     # Assembled field by field rather than with gs.export_onnx: make_graph and make_model
     # each copy every initializer, which doubles the cost on models with large weights.
@@ -268,7 +269,8 @@ def export_model(graph: gs.Graph, original: onnx.ModelProto) -> onnx.ModelProto:
             _export_initializer(out, tensor)
     out.value_info.extend(OnnxExporter.export_value_info_proto(t, do_type_check=False) for t in tensors
                           if isinstance(t, gs.Variable) and (t.dtype is not None or t.shape is not None))
-    if original.ir_version < 4:
+    weights = {t.name for t in original.graph.initializer}
+    if original.ir_version < 4 or any(vi.name in weights for vi in original.graph.input):
         _restore_initializer_inputs(model, original)
     return model
 
@@ -289,18 +291,27 @@ def _export_initializer(out: onnx.GraphProto, tensor: gs.Constant) -> None:
 
 
 def _restore_initializer_inputs(model: onnx.ModelProto, original: onnx.ModelProto) -> None:
+    """Declare the original's weight inputs again (IR < 4: every weight, new ones too). A weight
+    input that folding consumed keeps its original value, unused, so callers feeding it still work."""
     weights = {t.name: t for t in model.graph.initializer}
     declared = {vi.name: vi for vi in model.graph.input}
-    order = [vi.name for vi in original.graph.input] + list(weights)
+    old_weights = {t.name: t for t in original.graph.initializer}
+    order = [vi.name for vi in original.graph.input] + list(declared)
+    if original.ir_version < 4:
+        order += list(weights)
     inputs, seen = [], set()
     for name in order:
         if name in seen:
             continue
         seen.add(name)
+        if name in declared:
+            inputs.append(declared[name])
+            continue
+        if name not in weights and name in old_weights:
+            weights[name] = model.graph.initializer.add()
+            weights[name].CopyFrom(old_weights[name])
         if name in weights:
             t = weights[name]
             inputs.append(helper.make_tensor_value_info(name, t.data_type, list(t.dims)))
-        elif name in declared:
-            inputs.append(declared[name])
     del model.graph.input[:]
     model.graph.input.extend(inputs)
