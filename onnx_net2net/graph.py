@@ -29,6 +29,8 @@ def import_model(model: onnx.ModelProto) -> gs.Graph:
     _numpy_dtypes(graph)
     fold_constants(graph)
     infer_shapes(graph)
+    if fold_constants(graph):  # CastLike targets whose dtype only inference knew
+        infer_shapes(graph)
     return graph
 
 
@@ -145,20 +147,23 @@ def has_subgraph(node: gs.Node) -> bool:
 def fold_constants(graph: gs.Graph) -> int:
     """Turn Constant nodes and subgraphs computed only from constants into initializers.
 
-    Exporters and the zoo copies give weights as Constant or ConstantOfShape outputs; the rules
-    need them as values. Evaluated with onnx's reference implementation at the model's opset.
+    Exporters and the zoo copies give weights as Constant or ConstantOfShape outputs, and torch's
+    dynamo exporter without its optimizer computes some (a missing Conv bias: zeros of the
+    weight's size, CastLike the input) from constants; the rules need them as values. Evaluated
+    with onnx's reference implementation at the model's opset; a node it cannot evaluate stays.
     """
     folded = 0
     for node in list(graph.nodes):
         if not is_default_domain(node) or node.op in _NOT_FOLDABLE or has_subgraph(node):
             continue
-        if node.op != "Constant" and not all(isinstance(t, gs.Constant) or is_empty(t) for t in node.inputs):
-            continue
-        if node.op != "Constant" and not node.inputs:
+        if node.op != "Constant" and not (node.inputs and all(_known(node, slot) for slot in range(len(node.inputs)))):
             continue
         if any(t in graph.outputs for t in node.outputs):
             continue
-        values = _evaluate(node, opset(graph))
+        try:
+            values = _evaluate(node, opset(graph))
+        except Exception:  # an op or attribute the reference implementation lacks
+            continue
         for out, value in zip(node.outputs, values):
             out.to_constant(np.asarray(value))
         node.outputs.clear()
@@ -167,6 +172,14 @@ def fold_constants(graph: gs.Graph) -> int:
     if folded:
         graph.cleanup(remove_unused_graph_inputs=False).toposort()
     return folded
+
+
+def _known(node: gs.Node, slot: int) -> bool:
+    """An input whose value is known, or of which the op reads only the (known) dtype."""
+    tensor = node.inputs[slot]
+    if isinstance(tensor, gs.Constant) or is_empty(tensor):
+        return True
+    return node.op == "CastLike" and slot == 1 and tensor.dtype is not None
 
 
 def _evaluate(node: gs.Node, version: int) -> list[np.ndarray]:
@@ -178,13 +191,14 @@ def _evaluate(node: gs.Node, version: int) -> list[np.ndarray]:
     from onnx.reference import ReferenceEvaluator
 
     proto = OnnxExporter.export_node(node)
-    inputs = [helper.make_tensor_value_info(t.name, helper.np_dtype_to_tensor_dtype(np.asarray(t.values).dtype),
-                                            list(np.asarray(t.values).shape))
-              for t in node.inputs if not is_empty(t)]
+    # A runtime input read for its dtype only is fed as an empty array of that dtype.
+    feeds = {t.name: np.asarray(t.values) if isinstance(t, gs.Constant) else np.zeros(0, t.dtype)
+             for t in node.inputs if not is_empty(t)}
+    inputs = [helper.make_tensor_value_info(name, onnx_dtype(value.dtype), list(value.shape))
+              for name, value in feeds.items()]
     outputs = [helper.make_empty_tensor_value_info(t.name) for t in node.outputs]
     model = helper.make_model(helper.make_graph([proto], "fold", inputs, outputs),
                               opset_imports=[helper.make_opsetid("", version)])
-    feeds = {t.name: np.asarray(t.values) for t in node.inputs if not is_empty(t)}
     return list(ReferenceEvaluator(model).run(None, feeds))
 
 
