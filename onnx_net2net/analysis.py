@@ -33,7 +33,8 @@ class Effect:
 
     kinds: replicate (copy entries with their unit), contract (copy and divide by replica
     count), grouped_contract (contract inside each of `groups` convolution groups),
-    entry (a shape constant's entry `axis` becomes the layout's new size),
+    entry (a shape constant's entry `axis` becomes the layout's new size, or `value`),
+    attr_entry (the same for entry `axis` of the list attribute `attr`),
     group_attr (a depthwise conv's `group` becomes the layout's new size).
     """
 
@@ -44,6 +45,8 @@ class Effect:
     layout: Layout
     groups: int = 1
     incoming: bool = False  # a producer's own weights: where --noise applies
+    value: int | None = None
+    attr: str | None = None
 
 
 @dataclass

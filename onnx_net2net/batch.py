@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 from . import api
-from .errors import Net2NetError
+from .errors import Net2NetError, VerificationError
 from .io import load_model, save_model
 from .plan import Plan
 from .verification import compare, set_threads
@@ -107,6 +107,8 @@ def run_job(plan: Plan, job: Job) -> dict:
             entry["status"] = "ok"
     except Net2NetError as exc:
         entry["error"] = str(exc)
+        if isinstance(exc, VerificationError):  # the rewritten model failed in onnxruntime
+            entry["status"] = "mismatch"
     except MemoryError:
         entry["error"] = "out of memory"
     except Exception as exc:  # a bug: reported for this model, the others go on

@@ -28,8 +28,11 @@ _SKELETON_VALUE_LIMIT = 64
 def import_model(model: onnx.ModelProto) -> gs.Graph:
     """Import into onnx-graphsurgeon, fold constant subgraphs into weights, and infer shapes."""
     graph = gs.import_onnx(model)
+    _numpy_dtypes(graph)
     fold_constants(graph)
     infer_shapes(graph)
+    if fold_constants(graph):  # CastLike targets whose dtype only inference knew
+        infer_shapes(graph)
     observe_shapes(graph)
     return graph
 
@@ -77,6 +80,25 @@ def _probe_model(graph: gs.Graph) -> onnx.ModelProto:
     del model.graph.node[:]
     model.graph.node.extend(nodes + body)
     return model
+
+
+def _numpy_dtypes(graph: gs.Graph) -> None:
+    """onnx-graphsurgeon keeps types numpy lacks (bfloat16, float8) as ONNX enums; onnx reads
+    them as ml_dtypes arrays, so the tensors get those numpy dtypes and every later step
+    (shape skeleton, new weights, export) sees one kind of dtype."""
+    for body in [graph, *graph.subgraphs(recursive=True)]:
+        for tensor in body.tensors().values():
+            holder = tensor._values if isinstance(tensor, gs.Constant) else tensor
+            if isinstance(holder, (gs.Variable, gs.ir.tensor.LazyValues)) and isinstance(holder.dtype, int):
+                try:
+                    holder.dtype = np.dtype(helper.tensor_dtype_to_np_dtype(holder.dtype))
+                except (KeyError, TypeError, ValueError):
+                    pass
+
+
+def onnx_dtype(dtype) -> int:
+    """The ONNX enum of a numpy (or ml_dtypes) dtype."""
+    return helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
 
 
 def is_default_domain(node: gs.Node) -> bool:
@@ -173,20 +195,23 @@ def has_subgraph(node: gs.Node) -> bool:
 def fold_constants(graph: gs.Graph) -> int:
     """Turn Constant nodes and subgraphs computed only from constants into initializers.
 
-    Exporters and the zoo copies give weights as Constant or ConstantOfShape outputs; the rules
-    need them as values. Evaluated with onnx's reference implementation at the model's opset.
+    Exporters and the zoo copies give weights as Constant or ConstantOfShape outputs, and torch's
+    dynamo exporter without its optimizer computes some (a missing Conv bias: zeros of the
+    weight's size, CastLike the input) from constants; the rules need them as values. Evaluated
+    with onnx's reference implementation at the model's opset; a node it cannot evaluate stays.
     """
     folded = 0
     for node in list(graph.nodes):
         if not is_default_domain(node) or node.op in _NOT_FOLDABLE or has_subgraph(node):
             continue
-        if node.op != "Constant" and not all(isinstance(t, gs.Constant) or is_empty(t) for t in node.inputs):
-            continue
-        if node.op != "Constant" and not node.inputs:
+        if node.op != "Constant" and not (node.inputs and all(_known(node, slot) for slot in range(len(node.inputs)))):
             continue
         if any(t in graph.outputs for t in node.outputs):
             continue
-        values = _evaluate(node, opset(graph))
+        try:
+            values = _evaluate(node, opset(graph))
+        except Exception:  # an op or attribute the reference implementation lacks
+            continue
         for out, value in zip(node.outputs, values):
             out.to_constant(np.asarray(value))
         node.outputs.clear()
@@ -195,6 +220,14 @@ def fold_constants(graph: gs.Graph) -> int:
     if folded:
         graph.cleanup(remove_unused_graph_inputs=False).toposort()
     return folded
+
+
+def _known(node: gs.Node, slot: int) -> bool:
+    """An input whose value is known, or of which the op reads only the (known) dtype."""
+    tensor = node.inputs[slot]
+    if isinstance(tensor, gs.Constant) or is_empty(tensor):
+        return True
+    return node.op == "CastLike" and slot == 1 and tensor.dtype is not None
 
 
 def _evaluate(node: gs.Node, version: int) -> list[np.ndarray]:
@@ -206,13 +239,14 @@ def _evaluate(node: gs.Node, version: int) -> list[np.ndarray]:
     from onnx.reference import ReferenceEvaluator
 
     proto = OnnxExporter.export_node(node)
-    inputs = [helper.make_tensor_value_info(t.name, helper.np_dtype_to_tensor_dtype(np.asarray(t.values).dtype),
-                                            list(np.asarray(t.values).shape))
-              for t in node.inputs if not is_empty(t)]
+    # A runtime input read for its dtype only is fed as an empty array of that dtype.
+    feeds = {t.name: np.asarray(t.values) if isinstance(t, gs.Constant) else np.zeros(0, t.dtype)
+             for t in node.inputs if not is_empty(t)}
+    inputs = [helper.make_tensor_value_info(name, onnx_dtype(value.dtype), list(value.shape))
+              for name, value in feeds.items()]
     outputs = [helper.make_empty_tensor_value_info(t.name) for t in node.outputs]
     model = helper.make_model(helper.make_graph([proto], "fold", inputs, outputs),
                               opset_imports=[helper.make_opsetid("", version)])
-    feeds = {t.name: np.asarray(t.values) for t in node.inputs if not is_empty(t)}
     return list(ReferenceEvaluator(model).run(None, feeds))
 
 
@@ -260,7 +294,7 @@ def _skeleton(graph: gs.Graph) -> onnx.ModelProto:
             initializers.append(numpy_helper.from_array(np.asarray(tensor.values), tensor.name))
         else:
             inputs.append(helper.make_tensor_value_info(
-                tensor.name, helper.np_dtype_to_tensor_dtype(np.dtype(tensor.dtype)), list(tensor.shape)))
+                tensor.name, onnx_dtype(tensor.dtype), list(tensor.shape)))
     opsets = list(graph.import_domains or [helper.make_opsetid("", opset(graph))])
     model = helper.make_model(helper.make_graph(nodes, graph.name or "g", inputs, outputs, initializers),
                               opset_imports=opsets)
@@ -272,8 +306,9 @@ def _skeleton(graph: gs.Graph) -> onnx.ModelProto:
 def export_model(graph: gs.Graph, original: onnx.ModelProto) -> onnx.ModelProto:
     """Export, keeping the original's IR version, opsets, metadata and interface order.
 
-    IR < 4 models declare every initializer as a graph input; onnx-graphsurgeon drops those,
-    so they are restored (in their original order, with their new shapes).
+    onnx-graphsurgeon drops graph inputs that are initializers: IR < 4 models declare every
+    initializer so, and later ones may declare some (weights a caller can override). They are
+    restored in their original order, with their new shapes.
     """
     # Assembled field by field rather than with gs.export_onnx: make_graph and make_model
     # each copy every initializer, which doubles the cost on models with large weights.
@@ -296,7 +331,8 @@ def export_model(graph: gs.Graph, original: onnx.ModelProto) -> onnx.ModelProto:
             _export_initializer(out, tensor)
     out.value_info.extend(_value_info(t) for t in tensors
                           if isinstance(t, gs.Variable) and (t.dtype is not None or t.shape is not None))
-    if original.ir_version < 4:
+    weights = {t.name for t in original.graph.initializer}
+    if original.ir_version < 4 or any(vi.name in weights for vi in original.graph.input):
         _restore_initializer_inputs(model, original)
     return model
 
@@ -336,18 +372,27 @@ def _export_initializer(out: onnx.GraphProto, tensor: gs.Constant) -> None:
 
 
 def _restore_initializer_inputs(model: onnx.ModelProto, original: onnx.ModelProto) -> None:
+    """Declare the original's weight inputs again (IR < 4: every weight, new ones too). A weight
+    input that folding consumed keeps its original value, unused, so callers feeding it still work."""
     weights = {t.name: t for t in model.graph.initializer}
     declared = {vi.name: vi for vi in model.graph.input}
-    order = [vi.name for vi in original.graph.input] + list(weights)
+    old_weights = {t.name: t for t in original.graph.initializer}
+    order = [vi.name for vi in original.graph.input] + list(declared)
+    if original.ir_version < 4:
+        order += list(weights)
     inputs, seen = [], set()
     for name in order:
         if name in seen:
             continue
         seen.add(name)
+        if name in declared:
+            inputs.append(declared[name])
+            continue
+        if name not in weights and name in old_weights:
+            weights[name] = model.graph.initializer.add()
+            weights[name].CopyFrom(old_weights[name])
         if name in weights:
             t = weights[name]
             inputs.append(helper.make_tensor_value_info(name, t.data_type, list(t.dims)))
-        elif name in declared:
-            inputs.append(declared[name])
     del model.graph.input[:]
     model.graph.input.extend(inputs)

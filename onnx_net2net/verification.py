@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -12,7 +13,8 @@ import onnx
 import onnxruntime as ort
 from onnx import helper
 
-from .errors import Net2NetError
+from . import upcast
+from .errors import Net2NetError, VerificationError
 from .io import PROTOBUF_LIMIT, weights_size, write_with_external_data
 
 DEFAULT_DIM = 1
@@ -56,13 +58,22 @@ class Report:
         return {"schema": 1, **asdict(self)}
 
 
-def _session(model: onnx.ModelProto | str | os.PathLike) -> ort.InferenceSession:
+class _MissingKernel(Exception):
+    """onnxruntime CPU has no kernel for one of the model's ops at its dtypes; `failure` is what
+    to report when nothing can be done about it."""
+
+    def __init__(self, failure: Net2NetError, detail: str) -> None:
+        super().__init__(detail)
+        self.failure, self.detail = failure, detail
+
+
+def _session(model: onnx.ModelProto | str | os.PathLike, rewritten: bool = False) -> ort.InferenceSession:
     if isinstance(model, onnx.ModelProto) and weights_size(model) > PROTOBUF_LIMIT - (64 << 20):
         # Too large to serialize as one message: hand onnxruntime a file with external data.
         with tempfile.TemporaryDirectory(prefix="n2n-verify-") as tmp:
             path = Path(tmp) / "model.onnx"
             write_with_external_data(model, path, "model.onnx.data")
-            return _session(path)
+            return _session(path, rewritten)
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.log_severity_level = 3
@@ -72,7 +83,18 @@ def _session(model: onnx.ModelProto | str | os.PathLike) -> ort.InferenceSession
         return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise Net2NetError(f"onnxruntime cannot load the model: {first}") from exc
+        if "Could not find an implementation" in first:
+            raise _MissingKernel(_failure("load", first, rewritten), first) from exc
+        raise _failure("load", first, rewritten) from exc
+
+
+def _failure(verb: str, detail: str, rewritten: bool) -> Net2NetError:
+    """The original failing in onnxruntime is the user's problem (exit 2); the tool's own output
+    failing is the tool's, reported like a mismatch (exit 1)."""
+    if rewritten:
+        return VerificationError(f"the rewritten model failed to {verb} in onnxruntime: {detail}")
+    return Net2NetError(f"onnxruntime cannot load the model: {detail}" if verb == "load" else
+                        f"onnxruntime failed to run: {detail}")
 
 
 def _runtime_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
@@ -150,18 +172,46 @@ def compare(original: onnx.ModelProto, rewritten: onnx.ModelProto, feeds: dict[s
     if missing:
         raise Net2NetError(f"inputs missing for {', '.join(missing)}")
     run_feeds = {k: v for k, v in feeds.items() if k in {vi.name for vi in _runtime_inputs(original)}}
-    checks = compare_outputs(expected_names, run(original, run_feeds), run(rewritten, run_feeds), atol, rtol)
+    checks = compare_outputs(expected_names, run(original, run_feeds, notes),
+                             run(rewritten, run_feeds, notes, rewritten=True), atol, rtol)
     inputs = {k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in run_feeds.items()}
     return Report(all(c.passed for c in checks), checks, inputs, notes)
 
 
-def run(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-    """Outputs of one onnxruntime CPU run with graph optimizations off (nothing fused or reordered)."""
-    session = _session(model)
+def run(model: onnx.ModelProto, feeds: dict[str, np.ndarray], notes: list[str] | None = None,
+        rewritten: bool = False) -> list[np.ndarray]:
+    """Outputs of one onnxruntime CPU run with graph optimizations off (nothing fused or reordered).
+
+    A bfloat16, float16 or float64 model that onnxruntime CPU lacks kernels for runs as its
+    float32 twin (see `upcast`); `notes` says so."""
+    restore: list = []
     try:
-        return session.run(None, feeds)
+        session = _session(model, rewritten)
+    except _MissingKernel as exc:
+        types = upcast.twinned_types(model)
+        if not types:
+            raise exc.failure from exc
+        try:
+            session = _session(upcast.float32_twin(model), rewritten)
+        except _MissingKernel as again:
+            raise again.failure from again
+        restore, feeds = upcast.output_dtypes(model), upcast.to_float32(feeds)
+        missing = re.search(r"implementation for (\w+)\(", exc.detail)
+        names = "/".join(sorted(upcast.TWINNED[t] for t in types))
+        how = ("from the exact weights and inputs" if types <= upcast.EXACT
+               else "(float64 results compared at float32 precision)")
+        note = (f"{names} computed in float32 {how}: onnxruntime CPU has no {names} kernel for "
+                f"{missing.group(1) if missing else 'some op'}")
+        if notes is not None and note not in notes:
+            notes.append(note)
+    try:
+        quiet = ort.RunOptions()
+        quiet.log_severity_level = 4  # the failure is reported once, below
+        outputs = session.run(None, feeds, quiet)
     except Exception as exc:
-        raise Net2NetError(f"onnxruntime failed to run: {str(exc).strip().splitlines()[0]}") from exc
+        raise _failure("run", str(exc).strip().splitlines()[0], rewritten) from exc
+    return [out if dtype is None else np.asarray(out).astype(dtype)
+            for out, dtype in zip(outputs, restore or [None] * len(outputs))]
 
 
 def compare_outputs(names: list[str], expected: list[np.ndarray], actual: list[np.ndarray],

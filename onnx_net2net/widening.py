@@ -175,6 +175,11 @@ def apply(graph: gs.Graph, analysis: Analysis, widenings: list[Widening], seed: 
         if effect.kind == "group_attr":
             effect.node.attrs["group"] = new_size(canon[id(effect)], mappings)
             continue
+        if effect.kind == "attr_entry":
+            entries = list(effect.node.attrs[effect.attr])
+            entries[effect.axis] = new_size(canon[id(effect)], mappings) if effect.value is None else effect.value
+            effect.node.attrs[effect.attr] = entries
+            continue
         by_slot.setdefault((id(effect.node), effect.slot), []).append(effect)
 
     noise_rng = np.random.default_rng([seed, 1 << 20])
@@ -183,7 +188,7 @@ def apply(graph: gs.Graph, analysis: Analysis, widenings: list[Widening], seed: 
         variants: dict[tuple, list[tuple[gs.Node, int]]] = {}
         for node, slot in uses:
             effects = by_slot.get((id(node), slot), [])
-            key = tuple((e.kind, e.axis, canon[id(e)], e.groups) for e in effects)
+            key = tuple((e.kind, e.axis, canon[id(e)], e.groups, e.value) for e in effects)
             variants.setdefault(key, []).append((node, slot))
         for number, (key, slots) in enumerate(variants.items()):
             if not key:
@@ -229,7 +234,7 @@ def _transform(values: np.ndarray, effects: list[Effect], canon: dict, mappings:
         layout = canon[id(effect)]
         if effect.kind == "entry":
             values = values.copy()
-            values.reshape(-1)[effect.axis] = new_size(layout, mappings)
+            values.reshape(-1)[effect.axis] = new_size(layout, mappings) if effect.value is None else effect.value
             continue
         if effect.kind == "grouped_contract":
             values = _grouped_contract(values, effect.axis, effect.groups, layout, mappings)

@@ -355,6 +355,11 @@ MODELS: dict[str, tuple[type[nn.Module], tuple[int, ...], dict[int, str]]] = {
     "efficientnet": (EfficientNet, (2, 3, 16, 16), {0: "batch"}),
 }
 
+# Also written as the dynamo exporter's raw output (optimize=False, `torch_<name>_noopt_dynamo.onnx`):
+# there a bias-free Conv's zero bias is a small constant subgraph (Shape of the weight, Expand,
+# CastLike the input), which must fold so the model behaves like its optimized export.
+UNOPTIMIZED = ("resnet",)
+
 # The legacy tracer bakes the example's sequence length into nn.MultiheadAttention's key/value
 # Reshapes (pytorch/pytorch#117209), so its transformer exports keep seq fixed at 5 rather than
 # declare a dynamic axis they cannot honour. The dynamo exports keep both axes dynamic.
@@ -421,15 +426,15 @@ def _without_bn_fusion():
         rewriter._DEFAULT_REWRITE_RULES = saved
 
 
-def export_dynamo(name: str, path: Path, keep_bn: bool = True) -> None:
+def export_dynamo(name: str, path: Path, keep_bn: bool = True, optimize: bool = True) -> None:
     model, x = build(name)
     axes = MODELS[name][2]
     dims = {i: torch.export.Dim(label) for i, label in axes.items()}
     program = torch.onnx.export(
         model, (x,), dynamo=True, input_names=["x"], output_names=["y"],
-        dynamic_shapes={"x": dims}, optimize=not keep_bn, verbose=False,
+        dynamic_shapes={"x": dims}, optimize=optimize and not keep_bn, verbose=False,
     )
-    if keep_bn:
+    if keep_bn and optimize:
         with _without_bn_fusion():
             program.optimize()  # what optimize=True would have run, minus the BN fusion
     program.save(str(path), external_data=False)
@@ -448,6 +453,9 @@ def main(argv: list[str] | None = None) -> int:
         jobs = [("legacy", export_legacy, OUT_DIR / f"torch_{name}.onnx")]
         if not args.no_dynamo:
             jobs.append(("dynamo", export_dynamo, OUT_DIR / f"torch_{name}_dynamo.onnx"))
+        if not args.no_dynamo and name in UNOPTIMIZED:
+            jobs.append(("dynamo, optimize=False", lambda n, p, keep_bn: export_dynamo(n, p, keep_bn, optimize=False),
+                         OUT_DIR / f"torch_{name}_noopt_dynamo.onnx"))
         for kind, export, path in jobs:
             try:
                 export(name, path, keep_bn=not args.exporter_defaults)

@@ -493,33 +493,51 @@ def split(analysis: Analysis, node: gs.Node, ins: list[Layout | None]) -> list[L
     return [x] * len(node.outputs)
 
 
+# Ends at or beyond this are "to the end of the axis" whatever its size (exporters write
+# INT64_MAX or INT32_MAX); smaller ends that cover the axis are written down to its new size.
+_OPEN_END = 2**31 - 1
+
+
 @register("Slice")
 def slice_(analysis: Analysis, node: gs.Node, ins: list[Layout | None]) -> list[Layout | None]:
+    """A slice that takes the whole unit axis with step 1 passes the units through; its bounds
+    are rewritten so that it keeps taking the whole axis once it grows. Any other slice of the
+    unit axis splits units apart or reverses them, and blocks."""
     x = ins[0]
-    if any(ins[1:]):
+    if x is None or any(ins[1:]):
         analysis.block(ins, node, "slice bounds computed from widened activations")
         return [None]
-    if G.opset(analysis.graph) < 10:
-        starts, ends = G.attr(node, "starts"), G.attr(node, "ends")
-        axes, steps = G.attr(node, "axes") or list(range(len(starts))), [1] * len(starts)
+    legacy = G.opset(analysis.graph) < 10
+    if legacy:
+        starts, ends = list(G.attr(node, "starts") or []), list(G.attr(node, "ends") or [])
+        axes, steps = list(G.attr(node, "axes") or range(len(starts))), [1] * len(starts)
     else:
-        values = [G.constant(t) if i < len(node.inputs) and not G.is_empty(t) else None
-                  for i, t in enumerate(node.inputs[1:5])] + [None] * 4
+        values = [G.constant(t) if not G.is_empty(t) else None for t in node.inputs[1:5]] + [None] * 4
         starts, ends, axes, steps = values[:4]
-        if starts is None or ends is None:
+        if starts is None or ends is None or len(node.inputs) > 3 and not G.is_empty(node.inputs[3]) and axes is None \
+                or len(node.inputs) > 4 and not G.is_empty(node.inputs[4]) and steps is None:
             analysis.block(x, node, "slice bounds are computed at runtime")
             return [None]
-        axes = list(range(len(starts))) if axes is None else axes.tolist()
-        steps = [1] * len(starts) if steps is None else steps.tolist()
-        starts, ends = starts.tolist(), ends.tolist()
-    for a, start, end, step in zip(axes, starts, ends, steps):
+        starts, ends = starts.reshape(-1).tolist(), ends.reshape(-1).tolist()
+        axes = list(range(len(starts))) if axes is None else axes.reshape(-1).tolist()
+        steps = [1] * len(starts) if steps is None else steps.reshape(-1).tolist()
+    for i, (a, start, end, step) in enumerate(zip(axes, starts, ends, steps)):
         if (int(a) + x.rank if int(a) < 0 else int(a)) != x.axis:
             continue
-        start = max(start + x.size, 0) if start < 0 else start
-        end = end + x.size if end < 0 else end
-        if step != 1 or start != 0 or end < x.size:
-            analysis.block(x, node, "slices the unit axis")
+        whole = step == 1 and (start == 0 or start <= -x.size) and end >= x.size
+        if not whole:
+            analysis.block(x, node, "slices the unit axis" if step == 1 else f"slices the unit axis with step {step}")
             return [None]
+        if legacy:
+            if start < 0:
+                analysis.effect("attr_entry", node, 0, i, x, attr="starts", value=0)
+            if end < _OPEN_END:
+                analysis.effect("attr_entry", node, 0, i, x, attr="ends")
+        else:
+            if start < 0:
+                analysis.effect("entry", node, 1, i, x, value=0)
+            if end < _OPEN_END:
+                analysis.effect("entry", node, 2, i, x)
     return [x]
 
 
