@@ -158,7 +158,7 @@ def shape_entries(tensor: gs.Tensor) -> list[Dim | int | None] | None:
 def _entrywise(node: gs.Node) -> list | None:
     """Arithmetic on shape vectors as torch's exporter spells `expand(-1, ...)`:
     Where(Equal(s, -1), ones, s). Dims are sizes, so they never equal a negative literal."""
-    parts = [shape_entries(t) if G.rank(t) == 1 or G.is_constant(t) and np.asarray(t.values).ndim == 1
+    parts = [shape_entries(t) if G.rank(t) in (0, 1) or G.is_constant(t) and np.asarray(t.values).ndim == 1
              else ([int(np.asarray(t.values))] if G.is_constant(t) and np.asarray(t.values).ndim == 0 else None)
              for t in node.inputs]
     if any(p is None for p in parts):
@@ -166,12 +166,21 @@ def _entrywise(node: gs.Node) -> list | None:
     length = max(len(p) for p in parts)
     if any(len(p) not in (1, length) for p in parts):
         return None
-    rows = [[_known(p[i] if len(p) > 1 else p[0]) for p in parts] for i in range(length)]
+    raw_rows = [[p[i] if len(p) > 1 else p[0] for p in parts] for i in range(length)]
     out: list = []
-    for row in rows:
+    for raw in raw_rows:
+        row = [_known(v) for v in raw]
         if node.op == "Where":
-            cond, yes, no = row
+            cond, yes, no = row[0], raw[1], raw[2]  # the chosen entry keeps where it was read
             out.append(None if cond is None or isinstance(cond, Dim) else (yes if cond else no))
+        elif node.op == "Mul" and any(isinstance(v, Dim) and v.source is not None for v in raw) \
+                and any(isinstance(v, int) for v in row):
+            # a size read at runtime times a literal (heads times repeats): still traced
+            read = next(v for v in raw if isinstance(v, Dim) and v.source is not None)
+            factor = next(v for v, r in zip(row, raw) if r is not read)
+            product = read * Dim(factor) if isinstance(factor, int) else None
+            out.append(None if product is None else
+                       Dim(product.coef, product.symbols, (*read.source[:2], _scale(read) * factor)))
         elif all(isinstance(v, int) for v in row):
             a, b = row
             out.append(a * b if node.op == "Mul" else a + b if node.op == "Add" else a == b)
@@ -180,6 +189,11 @@ def _entrywise(node: gs.Node) -> list | None:
         else:
             out.append(None)
     return out
+
+
+def _scale(entry: Dim) -> int:
+    """How many times the traced size an entry is (a literal multiplied in)."""
+    return entry.source[2] if entry.source is not None and len(entry.source) > 2 else 1
 
 
 def _known(entry):
@@ -248,8 +262,15 @@ def entry_origin(analysis: Analysis, reader: gs.Node, slot: int, index: int) -> 
     producer = tensor.inputs[0] if tensor.inputs else None
     if producer is None or not G.is_default_domain(producer):
         return None
-    if producer.op in ("Cast", "Identity"):
+    if producer.op in ("Cast", "Identity") or producer.op == "Reshape" and G.rank(producer.inputs[0]) == 1:
         return entry_origin(analysis, producer, 0, index)
+    if producer.op == "Where":
+        # torch's expand(-1, ...): Where(Equal(s, -1), ones, s) keeps the literals of s
+        choice = _entrywise(producer)
+        cond = shape_entries(producer.inputs[0])
+        if choice is None or cond is None or index >= len(cond) or not isinstance(cond[index], bool):
+            return None
+        return entry_origin(analysis, producer, 1 if cond[index] else 2, index)
     if producer.op != "Concat":
         return None
     offset = 0
@@ -446,7 +467,7 @@ def _merged_axis(in_dims: list[Dim], out: list[Dim], x: Layout) -> tuple[int, in
 
 def _follows(analysis: Analysis, entry: Dim, x: Layout, merged: int) -> bool:
     """A size read at runtime from a tensor's unit axis grows with the units by itself."""
-    if entry.source is None or merged != 1:
+    if entry.source is None or _scale(entry) != merged:
         return False
     origin = analysis.layouts.get(entry.source[0])
     return (origin is not None and origin.axis == entry.source[1]
@@ -514,7 +535,13 @@ def slice_(analysis: Analysis, node: gs.Node, ins: list[Layout | None]) -> list[
     else:
         values = [G.constant(t) if not G.is_empty(t) else None for t in node.inputs[1:5]] + [None] * 4
         starts, ends, axes, steps = values[:4]
-        if starts is None or ends is None or len(node.inputs) > 3 and not G.is_empty(node.inputs[3]) and axes is None \
+        given_axes = len(node.inputs) > 3 and not G.is_empty(node.inputs[3])
+        if axes is None and not given_axes:
+            count = G.dim(node.inputs[1], 0) if starts is None else starts.size
+            axes = np.arange(count) if isinstance(count, int) else None
+        if axes is not None and x.axis not in _normalize(axes.reshape(-1).tolist(), x.rank):
+            return [x]  # rotary halves and other slices of other axes, whatever their bounds
+        if starts is None or ends is None or axes is None \
                 or len(node.inputs) > 4 and not G.is_empty(node.inputs[4]) and steps is None:
             analysis.block(x, node, "slice bounds are computed at runtime")
             return [None]
@@ -602,8 +629,15 @@ def expand(analysis: Analysis, node: gs.Node, ins: list[Layout | None]) -> list[
     axis = x.axis + out_rank - x.rank
     entry = entries[axis - (out_rank - len(entries))] if axis - (out_rank - len(entries)) >= 0 else 1
     out = x.moved(axis, out_rank)
-    if entry == x.size and G.is_constant(node.inputs[1]):
-        analysis.effect("entry", node, 1, axis - (out_rank - len(entries)), out)
+    index = axis - (out_rank - len(entries))
+    if isinstance(entry, int) and entry == x.size:
+        origin = (node, 1, index) if G.is_constant(node.inputs[1]) else entry_origin(analysis, node, 1, index)
+        if origin is None:
+            analysis.block(x, node, "the unit axis's size is baked into a shape computed at runtime")
+            return [None]
+        analysis.effect("entry", *origin, out)
+    elif isinstance(entry, Dim) and _follows(analysis, entry, x, 1):
+        pass  # read from the units' own tensor at runtime: grows with them
     elif entry not in (1, -1):
         analysis.block(x, node, "expands along the unit axis to a size that is not 1")
         return [None]
