@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import onnx_graphsurgeon as gs
 
@@ -71,6 +71,7 @@ class Group:
     family: Family = Family.ANY
     limits: list[str] | None = None  # why some families were ruled out
     units: int = 0  # what the mapping moves: `width` units, or fewer runs of them (heads)
+    kind: str = "units"  # hidden, heads, ffn, channels: a label users may target
 
     @property
     def grain(self) -> int:
@@ -108,6 +109,7 @@ class Analysis:
         self._limits: dict[int, list[str]] = {}
         self.groups: list[Group] = []
         self.added_nodes: list[gs.Node] = []  # copies of shared shape computations (private_input)
+        self._children: dict[int, list[Segment]] = {}  # split spaces and their parts (refine)
         self._copies = 0
 
     # -- union-find over unit spaces -------------------------------------------------------
@@ -119,6 +121,45 @@ class Analysis:
         self._units.append(width)
         self.producers.append(Producer(node, space, width))
         return space
+
+    def refine(self, layout: Layout, sizes: list[int], node: gs.Node) -> list[Segment] | None:
+        """Split a layout's one space into consecutive sub-spaces of `sizes` elements (a fused
+        query/key/value projection split in three): each grows on its own, its producer's
+        weights follow the concatenation of their mappings. Only a space no join, head split
+        or constraint has touched yet can be split; None (blocked) otherwise."""
+        if len(layout.segments) != 1 or layout.outer != 1:
+            self.block(layout, node, "splits concatenated or tiled units")
+            return None
+        seg = layout.segments[0]
+        root = self.find(seg.space)
+        touched = (root != seg.space or any(self.find(s) == root for s in range(len(self._parent)) if s != root)
+                   or self._units[root] != self._widths[seg.space] or seg.per != 1 or self._reasons.get(root)
+                   or self.family(root) != Family.ANY or self._partitions[root] != 1)
+        if touched or any(size % seg.block for size in sizes) or sum(sizes) != seg.size:
+            self.block(layout, node, "splits the unit axis into parts that cannot grow on their own")
+            return None
+        producer = next(p for p in self.producers if p.space == seg.space)
+        parts = []
+        for size in sizes:
+            child = self.new_space(producer.node, size // seg.block)
+            parts.append(Segment(child, size // seg.block, seg.block))
+        self._children[seg.space] = parts
+        self.producers = [p for p in self.producers if p.space != seg.space]
+        return parts
+
+    def canonical(self, layout: Layout) -> Layout:
+        """A layout over group roots, with split spaces replaced by their parts."""
+        segments: list[Segment] = []
+        pending = list(layout.segments)
+        while pending:
+            seg = pending.pop(0)
+            parts = self._children.get(seg.space) if seg.space is not None else None
+            if parts is None:
+                segments.append(seg if seg.space is None else replace(seg, space=self.find(seg.space)))
+                continue
+            # the parts were cut at one block size; a flatten later may have grown it
+            pending[:0] = [replace(p, block=seg.block) for p in parts]
+        return replace(layout, segments=tuple(segments))
 
     def find(self, space: int) -> int:
         while self._parent[space] != space:
@@ -204,6 +245,9 @@ class Analysis:
         if not layouts:
             return None
         first = layouts[0]
+        if any(s in self._children for layout in layouts for s in layout.spaces):
+            self.block(layouts, node, "joins units whose space was split into parts")
+            return None
         pairs = []
         for other in layouts[1:]:
             matched = _matching_segments(first, other)

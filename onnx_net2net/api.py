@@ -57,7 +57,8 @@ def parameter_count(graph: gs.Graph) -> int:
 
 
 def _group_json(group) -> dict:
-    return {"id": group.id, "width": group.width, "units": group.units, "unit_size": group.grain,
+    return {"id": group.id, "kind": group.kind, "width": group.width, "units": group.units,
+            "unit_size": group.grain,
             "widenable": group.widenable, "reason": group.reason,
             "producers": [G.label(n) for n in group.producers], "weights": group.weights,
             "consumers": [G.label(n) for n in group.consumers],

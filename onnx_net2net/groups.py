@@ -52,7 +52,7 @@ def _close_groups(analysis: Analysis) -> None:
         by_root.setdefault(analysis.find(producer.space), []).append(producer)
     members: dict[int, tuple[list[str], list[gs.Node]]] = {root: ([], []) for root in by_root}
     for effect in analysis.effects:
-        roots = {analysis.find(s) for s in effect.layout.spaces}
+        roots = analysis.canonical(effect.layout).spaces
         for root in roots:
             weights, consumers = members[root]
             if effect.kind in ("replicate", "contract", "grouped_contract", "entry"):
@@ -63,11 +63,29 @@ def _close_groups(analysis: Analysis) -> None:
                 consumers.append(effect.node)
     for index, (root, producers) in enumerate(by_root.items()):
         weights, consumers = members[root]
-        analysis.groups.append(Group(
-            id=f"g{index}", root=root, width=producers[0].width, partitions=analysis.partitions(root),
-            producers=[p.node for p in producers], reasons=list(analysis.reasons(root)), weights=weights,
-            consumers=consumers, family=analysis.family(root), limits=analysis.limits(root),
-            units=analysis.units(root)))
+        nodes = list({id(p.node): p.node for p in producers}.values())  # a split producer counts once
+        group = Group(id=f"g{index}", root=root, width=producers[0].width, partitions=analysis.partitions(root),
+                      producers=nodes, reasons=list(analysis.reasons(root)), weights=weights,
+                      consumers=consumers, family=analysis.family(root), limits=analysis.limits(root),
+                      units=analysis.units(root))
+        group.kind = _kind(group)
+        analysis.groups.append(group)
     for group in analysis.groups:
         if group.units % group.partitions:
             group.reasons.append(f"{group.units} units are not divisible into {group.partitions} conv groups")
+
+
+def _kind(group: Group) -> str:
+    """What a group is, where the graph tells: 'hidden' (a stream embeddings write into, or
+    one normalized and fed by several layers), 'heads' (units moving as attention heads),
+    'ffn' (the inner width of a linear block), 'channels' (convolutions), else 'units'."""
+    ops = {node.op for node in group.producers}
+    if "Gather" in ops or group.uniform and len(group.producers) > 1:
+        return "hidden"
+    if group.grain > 1:
+        return "heads"
+    if ops <= {"MatMul", "Gemm"} and group.consumers:
+        return "ffn"
+    if ops <= {"Conv", "ConvTranspose"}:
+        return "channels"
+    return "units"

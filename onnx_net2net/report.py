@@ -18,12 +18,15 @@ def _short(names: list[str], limit: int = 3) -> str:
 
 def format_groups(inspection) -> str:
     groups = inspection.groups
-    rows = [[g["id"], g["width"], "yes" if g["widenable"] else "no", _short(g["producers"]),
-             len(g["consumers"]), g["reason"] or ""] for g in groups]
+    rows = [[g["id"], g["kind"], g["width"] if g["unit_size"] == 1 else f"{g['units']}x{g['unit_size']}",
+             ("whole x" if g["mapping"] == "uniform" else "yes") if g["widenable"] else "no",
+             _short(g["producers"]), len(g["consumers"]), g["reason"] or ""] for g in groups]
     widenable = sum(g["widenable"] for g in groups)
     head = (f"{inspection.model}: {inspection.parameters:,} parameters, {len(groups)} width groups, "
             f"{widenable} widenable")
-    text = head + "\n" + _table(rows, ["group", "width", "widen", "producers", "consumers", "blocked by"])
+    text = head + "\n" + _table(rows, ["group", "kind", "width", "widen", "producers", "consumers", "blocked by"])
+    if any(g["mapping"] == "uniform" and g["widenable"] for g in groups):
+        text += "\n'whole x': normalized over its units, so it widens by integer factors only (x2, x3)"
     if inspection.deepen:
         points = [[p["target"], p["op"], p["activation"] or "-", "yes" if p["exact"] else "residual only",
                    p["reason"] or ""] for p in inspection.deepen]

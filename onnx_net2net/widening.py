@@ -99,6 +99,10 @@ def skipped_by_all(analysis: Analysis, widenings: list[Widening], widen_all: int
             and parse_width(widen_all, g.width, "--all") > g.width]
 
 
+# Group kinds (see groups._kind) users may name as targets: every widenable group of that kind.
+KINDS = ("hidden", "heads", "ffn", "channels")
+
+
 def _lookup(target: str, index: NameIndex, groups: dict[int, Group], optional: bool) -> list[Group]:
     """Exact names must name one widenable group; patterns take every widenable group they match."""
     if is_pattern(target):
@@ -113,6 +117,14 @@ def _lookup(target: str, index: NameIndex, groups: dict[int, Group], optional: b
                                f"({matched[0].id}: {matched[0].reason})")
         return usable
     roots = index.lookup(target)
+    if not roots and target in KINDS:
+        labelled = sorted((g for g in groups.values() if g.kind == target), key=lambda g: int(g.id[1:]))
+        if not any(g.widenable for g in labelled):
+            if optional:
+                return []
+            why = f": {labelled[0].id} {labelled[0].reason}" if labelled else ""
+            raise Net2NetError(f"target '{target}' names no widenable group{why}")
+        return [g for g in labelled if g.widenable]
     if not roots:
         if optional:
             return []
@@ -168,7 +180,7 @@ def apply(graph: gs.Graph, analysis: Analysis, widenings: list[Widening], seed: 
         rng = np.random.default_rng([seed, index])
         mappings[w.group.root], fresh[w.group.root] = make_mapping(
             w.group.units, w.new // w.group.grain, w.group.partitions, rng, uniform=w.group.uniform)
-    canon = {id(e): e.layout.canonical(analysis.find) for e in analysis.effects}
+    canon = {id(e): analysis.canonical(e.layout) for e in analysis.effects}
     relevant = [e for e in analysis.effects if canon[id(e)].spaces & mappings.keys()]
     by_slot: dict[tuple[int, int], list[Effect]] = {}
     for effect in relevant:
@@ -205,7 +217,7 @@ def apply(graph: gs.Graph, analysis: Analysis, widenings: list[Widening], seed: 
                 untied.append({"initializer": tensor.name, "copy": copy.name, "read_by": readers})
 
     widened = {name for name, layout in analysis.layouts.items()
-               if layout.canonical(analysis.find).spaces & mappings.keys()}
+               if analysis.canonical(layout).spaces & mappings.keys()}
     G.clear_shapes([t for name, t in graph.tensors().items() if name in widened])
     G.infer_shapes(graph)
     return untied

@@ -498,20 +498,87 @@ def concat(analysis: Analysis, node: gs.Node, ins: list[Layout | None]) -> list[
             if size:
                 segments.append(Segment(None, size))
         return [Layout(axis, rank, tuple(segments))]
-    if any(x.axis == axis for x in present) or len(present) != len(ins):
-        analysis.block(present, node, "concatenates along the unit axis of some inputs only, or with fixed-width tensors")
+    if any(x.axis == axis for x in present):
+        analysis.block(present, node, "concatenates along the unit axis of some inputs only")
         return [None]
-    return [analysis.join(present, node)]
+    base = analysis.join(present, node)
+    if base is None:
+        return [None]
+    for slot, x in enumerate(ins):
+        if x is None and not follow_constant(analysis, node, slot, base.axis, base):
+            analysis.block(base, node, f"concatenates {analysis.describe(node.inputs[slot])}, whose width along "
+                           "the unit axis is fixed")
+            return [None]
+    return [base]
+
+
+def follow_constant(analysis: Analysis, node: gs.Node, slot: int, axis: int, layout: Layout) -> bool:
+    """Whether what `node` reads at `slot` is a constant's entries along the unit axis, maybe
+    broadcast on other axes (ViT's class token: Expand(cls, [batch, 1, 1]) joined to the patch
+    embeddings): then those entries are copied with the units. Records the effect."""
+    tensor = node.inputs[slot]
+    if G.is_constant(tensor):
+        shape = np.asarray(tensor.values).shape
+        local = axis - (layout.rank - len(shape))
+        if local < 0 or shape[local] == 1:
+            return True
+        if shape[local] != layout.size:
+            return False
+        analysis.effect("replicate", node, slot, local, layout.moved(local, len(shape)))
+        return True
+    producer = tensor.inputs[0] if tensor.inputs else None
+    rank = G.rank(tensor)
+    if producer is None or rank is None or len(tensor.outputs) != 1 or not G.is_default_domain(producer):
+        return False
+    local = axis - (layout.rank - rank)
+    if local < 0:
+        return False
+    if producer.op in ("Identity", "Cast"):
+        return follow_constant(analysis, producer, 0, local, layout.moved(local, rank))
+    if producer.op == "Expand":
+        entries = shape_entries(producer.inputs[1])
+        source_rank = G.rank(producer.inputs[0])
+        if entries is None or source_rank is None or local - (rank - len(entries)) < 0:
+            return False
+        if _known(entries[local - (rank - len(entries))]) not in (1, -1):
+            return False
+        return follow_constant(analysis, producer, 0, local, layout.moved(local, rank))
+    return False
 
 
 @register("Split")
 def split(analysis: Analysis, node: gs.Node, ins: list[Layout | None]) -> list[Layout | None]:
+    """Along another axis, units pass through. Along the unit axis (GPT-2's fused
+    query/key/value projection), the space is refined into one part per output, each
+    growing on its own; the split sizes are rewritten."""
     x = ins[0]
-    axis = int(G.attr(node, "axis", 0))
-    if (axis + x.rank if axis < 0 else axis) == x.axis:
-        analysis.block(x, node, "splits the unit axis")
+    if x is None or any(ins[1:]):
+        analysis.block(ins, node, "split sizes computed from widened activations")
         return [None] * len(node.outputs)
-    return [x] * len(node.outputs)
+    axis = int(G.attr(node, "axis", 0))
+    if (axis + x.rank if axis < 0 else axis) != x.axis:
+        return [x] * len(node.outputs)
+    from_input = len(node.inputs) > 1 and not G.is_empty(node.inputs[1])
+    sizes = G.constant(node.inputs[1]) if from_input else G.attr(node, "split")
+    if from_input and sizes is None:
+        analysis.block(x, node, "split sizes are computed at runtime")
+        return [None] * len(node.outputs)
+    count = len(node.outputs)
+    sizes = [int(v) for v in np.asarray(sizes).reshape(-1)] if sizes is not None else \
+        ([x.size // count] * count if x.size % count == 0 else None)
+    if sizes is None or len(sizes) != count:
+        analysis.block(x, node, "splits the unit axis unevenly")
+        return [None] * len(node.outputs)
+    parts = analysis.refine(x, sizes, node)
+    if parts is None:
+        return [None] * len(node.outputs)
+    outs = [Layout(x.axis, x.rank, (part,)) for part in parts]
+    for index, out in enumerate(outs):
+        if from_input:
+            analysis.effect("entry", node, 1, index, out)
+        elif G.attr(node, "split") is not None:
+            analysis.effect("attr_entry", node, 0, index, out, attr="split")
+    return outs
 
 
 # Ends at or beyond this are "to the end of the axis" whatever its size (exporters write
