@@ -243,3 +243,96 @@ def test_single_key_head_is_refused_with_its_reason():
     units staying on the last axis, which QK^T then contracts: refused, not guessed."""
     group = group_of(_attention(1), "MatMul->q")
     assert not group["widenable"] and "MatMul between two activations contracts" in group["reason"]
+
+
+def test_fused_qkv_split_widens_heads_of_each_part():
+    """GPT-2's c_attn: one projection to 3*d, split into query, key and value, each reshaped
+    into heads: the projection's space is split into three parts sharing one head mapping."""
+    model = build(HEAD + """
+    g (float[2, 5, 16] x) => (float[2, 5, 3] y) {
+        qkv = MatMul(x, Wqkv)
+        qkvb = Add(qkv, bqkv)
+        sizes = Constant<value=int64[3] {16, 16, 16}>()
+        q, k, v = Split<axis=2>(qkvb, sizes)
+        hs = Constant<value=int64[4] {2, 5, 4, 4}>()
+        q4 = Reshape(q, hs)
+        k4 = Reshape(k, hs)
+        v4 = Reshape(v, hs)
+        qt = Transpose<perm=[0, 2, 1, 3]>(q4)
+        kt = Transpose<perm=[0, 2, 3, 1]>(k4)
+        vt = Transpose<perm=[0, 2, 1, 3]>(v4)
+        s = MatMul(qt, kt)
+        p = Softmax<axis=-1>(s)
+        o = MatMul(p, vt)
+        ot = Transpose<perm=[0, 2, 1, 3]>(o)
+        os = Constant<value=int64[3] {2, 5, 16}>()
+        o3 = Reshape(ot, os)
+        a = MatMul(o3, Wo)
+        y = MatMul(a, Wh)
+    }""", {"Wqkv": (16, 48), "bqkv": (48,), "Wo": (16, 16), "Wh": (16, 3)})
+    group = group_of(model, "MatMul->qkv")
+    assert group["widenable"] and group["kind"] == "heads" and group["units"] == 4
+    wide = widen_checked(model, {"heads": "x2"})
+    weight = initializer(wide, "Wqkv")
+    assert weight.shape == (16, 96)
+    np.testing.assert_array_equal(weight[:, 32:48], initializer(model, "Wqkv")[:, 16:32])  # key part moved
+
+
+def test_class_token_joined_along_the_sequence_is_copied_with_the_units():
+    model = build(HEAD + """
+    g (float[B, 4, 8] x) => (float[B, 5, 3] y) {
+        h = MatMul(x, W)
+        shp = Shape(x)
+        b = Slice(shp, zero, one)
+        es = Concat<axis=0>(b, one, one)
+        cls = Expand(C, es)
+        t = Concat<axis=1>(cls, h)
+        n = LayerNormalization<axis=-1>(t, s, c)
+        y = MatMul(n, Wh)
+    }""", {"W": (8, 6), "C": (1, 1, 6), "s": (6,), "c": (6,), "Wh": (6, 3), "zero": np.array([0]),
+           "one": np.array([1])})
+    assert group_of(model, "MatMul->h")["widenable"]
+    wide = widen_checked(model, {"W": "x2"})
+    assert initializer(wide, "C").shape == (1, 1, 12)
+
+
+def test_a_shape_shared_by_two_layers_is_copied_before_its_literal_changes():
+    """Exporters share one runtime shape between layers of equal width; widening one layer
+    must not resize the other's reshape."""
+    model = build(HEAD + """
+    g (float[B, S, 8] x) => (float[B, S, 8] y) {
+        flat = Constant<value=int64[2] {-1, 8}>()
+        shp = Shape(x)
+        lead = Slice(shp, zero, two)
+        back = Concat<axis=0>(lead, f)
+        flat16 = Constant<value=int64[2] {-1, 16}>()
+        x2 = Reshape(x, flat)
+        h1 = Gemm(x2, W1)
+        a1 = Reshape(h1, back)
+        r1 = Relu(a1)
+        r1f = Reshape(r1, flat16)
+        z1 = Gemm(r1f, W2)
+        z13 = Reshape(z1, shp)
+        x3 = Reshape(z13, flat)
+        h2 = Gemm(x3, W3)
+        a2 = Reshape(h2, back)
+        r2 = Relu(a2)
+        r2f = Reshape(r2, flat16)
+        z2 = Gemm(r2f, W4)
+        y = Reshape(z2, shp)
+    }""", {"W1": (8, 16), "W2": (16, 8), "W3": (8, 16), "W4": (16, 8), "zero": np.array([0]),
+           "two": np.array([2]), "f": np.array([16])})
+    first, second = group_of(model, "Gemm->h1"), group_of(model, "Gemm->h2")
+    assert first["id"] != second["id"] and first["widenable"] and second["widenable"]
+    widen_checked(model, {"W1": 24})
+    widen_checked(model, {"W3": 32})
+
+
+def test_kind_labels_name_every_group_of_that_kind():
+    model = _transformer_like("rms")
+    groups = {g["kind"]: g for g in n2n.inspect(model).groups}
+    assert {"hidden", "ffn"} <= groups.keys()
+    wide = widen_checked(model, {"hidden": "x2", "ffn": 24})
+    assert initializer(wide, "W1").shape == (16, 24)
+    with pytest.raises(n2n.Net2NetError, match="'heads' names no widenable group"):
+        n2n.widen(model, {"heads": "x2"}, verify=False)
