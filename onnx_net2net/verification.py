@@ -11,9 +11,10 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 from onnx import helper
+from onnx.external_data_helper import uses_external_data
 
 from .errors import Net2NetError
-from .io import PROTOBUF_LIMIT, weights_size, write_with_external_data
+from .io import PROTOBUF_LIMIT, all_tensors, weights_size, write_with_external_data
 
 DEFAULT_DIM = 1
 DEFAULT_INT_RANGE = (0, 8)
@@ -56,18 +57,28 @@ class Report:
         return {"schema": 1, **asdict(self)}
 
 
-def _session(model: onnx.ModelProto | str | os.PathLike) -> ort.InferenceSession:
-    if isinstance(model, onnx.ModelProto) and weights_size(model) > PROTOBUF_LIMIT - (64 << 20):
-        # Too large to serialize as one message: hand onnxruntime a file with external data.
+def _session(model: onnx.ModelProto) -> ort.InferenceSession:
+    """A session on a model whose weights are all in memory: onnxruntime never resolves a file
+    path of its own (from bytes it would look in the working directory)."""
+    external = next((t.name for t in all_tensors(model) if uses_external_data(t)), None)
+    if external is not None:
+        raise Net2NetError(f"tensor '{external}' keeps its data in an external file that was not loaded; "
+                           "pass the model's path so its data is read from beside it")
+    if weights_size(model) > PROTOBUF_LIMIT - (64 << 20):
+        # Too large to serialize as one message: a file with external data in a private folder.
         with tempfile.TemporaryDirectory(prefix="n2n-verify-") as tmp:
             path = Path(tmp) / "model.onnx"
-            write_with_external_data(model, path, "model.onnx.data")
-            return _session(path)
+            with open(path, "xb") as handle, open(path.with_name("model.onnx.data"), "xb") as data:
+                write_with_external_data(model, handle, "model.onnx.data", data)
+            return _new_session(str(path))
+    return _new_session(model.SerializeToString())
+
+
+def _new_session(source: str | bytes) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.log_severity_level = 3
     options.intra_op_num_threads = _THREADS
-    source = str(model) if isinstance(model, (str, os.PathLike)) else model.SerializeToString()
     try:
         return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
     except Exception as exc:
