@@ -6,6 +6,7 @@ written atomically; a model that fails leaves nothing behind and never stops the
 
 from __future__ import annotations
 
+import ctypes
 import glob
 import multiprocessing
 import os
@@ -16,10 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import onnx
+from onnx.external_data_helper import uses_external_data
+
 from . import api
 from .errors import Net2NetError, VerificationError
-from .io import load_model, save_model
+from .io import all_tensors, check_output_path, check_writable, data_path, leftover_temps, load_model, real, save_model
 from .plan import Plan
+from .signals import Interrupted
 from .verification import compare, set_threads
 
 MAX_DEFAULT_WORKERS = 4
@@ -49,24 +54,56 @@ def collect_models(items: list[str]) -> list[Path]:
 
 
 def plan_jobs(models: list[Path], outdir: str | Path, force: bool) -> list[Job]:
-    """Outputs mirror input names under OUTDIR; clashes, inputs and existing files are refused up front."""
-    outdir = Path(outdir)
-    if outdir.exists() and not outdir.is_dir():
+    """Outputs mirror input names under OUTDIR (resolved); clashes, inputs, their data files and
+    existing files are refused up front, and so is an output folder that cannot be written."""
+    folder = real(outdir)
+    if folder.exists() and not folder.is_dir():
         raise Net2NetError(f"{outdir}: exists and is not a directory")
+    check_writable(folder)
     jobs: list[Job] = []
     taken: dict[str, Path] = {}
-    inputs = {m.resolve() for m in models}
+    inputs = {real(m) for m in models}
     for model in models:
-        output = outdir / model.name
-        if model.name in taken:
-            raise Net2NetError(f"{model} and {taken[model.name]} would both be written to {output}")
-        taken[model.name] = model
-        if output.resolve() in inputs:
+        output = folder / model.name
+        for name in (output.name, data_path(output).name):
+            if name in taken:
+                raise Net2NetError(f"{model} and {taken[name]} would both write {folder / name}")
+            taken[name] = model
+        if real(output) in inputs:
             raise Net2NetError(f"{output}: would overwrite an input model; choose another output directory")
-        if output.exists() and not force:
-            raise Net2NetError(f"{output}: already exists; pass --force to overwrite it")
-        jobs.append(Job(model, output))
+        jobs.append(Job(model, check_output_path(output, inputs, force)))
+    if force and any(os.path.lexists(p) for job in jobs for p in (job.output, data_path(job.output))):
+        data_files = input_data_files(models)  # only --force could replace one: read them only then
+        for job in jobs:
+            check_output_path(job.output, data_files, force)
     return jobs
+
+
+def check_report(report: str | Path, jobs: list[Job], plan_file: str | Path, force: bool) -> Path:
+    """The report never replaces the plan, an input, its data or an output (even with --force)."""
+    if real(report) in {real(p) for job in jobs for p in (job.output, data_path(job.output))}:
+        raise Net2NetError(f"{report}: is an output of this run; choose another report path")
+    path = check_output_path(report, [Path(plan_file), *(job.source for job in jobs)], force, with_data=False)
+    if force and os.path.lexists(path):
+        check_output_path(report, input_data_files([j.source for j in jobs]), force, with_data=False)
+    return path
+
+
+def input_data_files(models: list[Path]) -> set[Path]:
+    """External-data files the models refer to (resolved; a model that cannot be parsed has none
+    here: it fails in its own job)."""
+    found: set[Path] = set()
+    for model in models:
+        try:
+            proto = onnx.load(str(model), load_external_data=False)
+        except Exception:
+            continue
+        for tensor in all_tensors(proto):
+            if uses_external_data(tensor):
+                location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+                if location and "\0" not in location:
+                    found.add(real(model.parent / location))
+    return found
 
 
 def default_workers(jobs: int) -> int:
@@ -117,20 +154,32 @@ def run_job(plan: Plan, job: Job) -> dict:
     return entry
 
 
-# Worker-process state: Ctrl-C interrupts a running job (its atomic write unwinds and removes
-# the temporary file), while an idle worker just stops taking jobs: no tracebacks, no new files.
-_WORKER = {"busy": False, "stopping": False}
+# Worker-process state: Ctrl-C or SIGTERM interrupts a running job (its atomic write unwinds and
+# removes the temporary files), while an idle worker just stops taking jobs: no tracebacks, no
+# new files. A worker whose parent died (killed outright) cleans up the same way and exits.
+_WORKER = {"busy": False, "stopping": False, "parent": 0}
+_PR_SET_PDEATHSIG = 1
 
 
-def _on_interrupt(signum, frame) -> None:
+def _on_signal(signum, frame) -> None:
     _WORKER["stopping"] = True
     if _WORKER["busy"]:
-        raise KeyboardInterrupt
+        raise Interrupted(signum)
+    if os.getppid() != _WORKER["parent"]:
+        os._exit(128 + signum)  # orphaned and idle: nothing to clean, nobody to report to
 
 
-def _init_worker(threads: int) -> None:
+def _init_worker(threads: int, parent: int) -> None:
     set_threads(threads)
-    signal.signal(signal.SIGINT, _on_interrupt)
+    _WORKER["parent"] = parent
+    signal.signal(signal.SIGINT, _on_signal)
+    signal.signal(signal.SIGTERM, _on_signal)
+    try:  # Linux: SIGTERM when the parent dies, even by SIGKILL
+        ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(128 + signal.SIGTERM)
 
 
 def _worker_job(plan: Plan, job: Job) -> dict:
@@ -139,6 +188,10 @@ def _worker_job(plan: Plan, job: Job) -> dict:
     _WORKER["busy"] = True
     try:
         return run_job(plan, job)
+    except KeyboardInterrupt as exc:
+        if os.getppid() != _WORKER["parent"]:
+            os._exit(128 + getattr(exc, "signum", signal.SIGINT))  # cleaned up; nobody to report to
+        raise
     finally:
         _WORKER["busy"] = False
 
@@ -151,8 +204,8 @@ def _failed(job: Job, error: str) -> dict:
 def run(plan: Plan, jobs: list[Job], workers: int, progress: Callable[[dict], None] | None = None) -> list[dict]:
     """Run every job; at most `workers` models are loaded at once. Results keep input order.
 
-    On Ctrl-C the workers are interrupted too (their partial files are removed as the
-    interrupt unwinds the atomic writes) and KeyboardInterrupt propagates.
+    On Ctrl-C or SIGTERM (Interrupted) the workers are interrupted too (their partial files
+    are removed as the interrupt unwinds the atomic writes) and the exception propagates.
     """
     results: list[dict | None] = [None] * len(jobs)
     if workers <= 1:
@@ -164,7 +217,9 @@ def run(plan: Plan, jobs: list[Job], workers: int, progress: Callable[[dict], No
 
     threads = max(1, (os.cpu_count() or 1) // workers)
     context = multiprocessing.get_context("spawn")
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init_worker, initargs=(threads,))
+    earlier = set(leftover_temps(job.output for job in jobs))
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init_worker,
+                               initargs=(threads, os.getpid()))
     try:
         pending: dict[Future, int] = {pool.submit(_worker_job, plan, job): i for i, job in enumerate(jobs)}
         while pending:
@@ -184,18 +239,11 @@ def run(plan: Plan, jobs: list[Job], workers: int, progress: Callable[[dict], No
             except ProcessLookupError:
                 pass
         pool.shutdown(wait=True, cancel_futures=True)
-        _remove_partial_files(jobs)
+        for leftover in set(leftover_temps(job.output for job in jobs)) - earlier:
+            leftover.unlink(missing_ok=True)  # of workers that could not unwind; never an earlier run's
         raise
     pool.shutdown(wait=True)
     return results  # type: ignore[return-value]
-
-
-def _remove_partial_files(jobs: list[Job]) -> None:
-    """Temporary files of interrupted atomic writes (named .<output>.*.tmp)."""
-    for job in jobs:
-        for leftover in job.output.parent.glob(f".{job.output.name}.*"):
-            if leftover.name.endswith(".tmp"):
-                leftover.unlink(missing_ok=True)
 
 
 def exit_code(results: list[dict]) -> int:

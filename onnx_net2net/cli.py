@@ -8,11 +8,12 @@ import sys
 import click
 
 import time
+from pathlib import Path
 
-from . import api, batch
+from . import api, batch, signals
 from .plan import load_plan
 from .errors import Net2NetError, VerificationError
-from .io import check_output_path, load_model, save_model, save_text
+from .io import check_output_path, leftover_temps, load_model, save_model, save_text
 from .report import format_batch, format_deepened, format_groups, format_report, format_widened
 from .verification import DEFAULT_DIM, DEFAULT_INT_RANGE, Report, compare, load_inputs
 
@@ -22,7 +23,11 @@ class _Group(click.Group):
 
     def invoke(self, ctx: click.Context):
         try:
-            return super().invoke(ctx)
+            with signals.raising():  # SIGTERM unwinds like Ctrl-C: temporary files are removed
+                return super().invoke(ctx)
+        except KeyboardInterrupt as exc:
+            click.echo(f"interrupted by {signals.name(exc)}: stopped, no partial file left", err=True)
+            ctx.exit(signals.exit_code(exc))
         except Net2NetError as exc:
             if ctx.obj and ctx.obj.get("verbose"):
                 raise
@@ -83,6 +88,23 @@ def verify_options(func):
     return func
 
 
+def _warn_leftovers(outputs: list[Path]) -> None:
+    found = leftover_temps(outputs)
+    if found:
+        click.echo(f"warning: {len(found)} temporary file{'s' * (len(found) > 1)} of an interrupted earlier run "
+                   f"({', '.join(str(p) for p in found)}); not removed, delete when no other run writes there",
+                   err=True)
+
+
+def _load_for_output(model: str, output: str, force: bool, inputs_file: str | None):
+    """Output checks first (cheap, before any heavy work), then the model, then its data files."""
+    out = check_output_path(output, [Path(model), Path(inputs_file) if inputs_file else None], force)
+    _warn_leftovers([out])
+    loaded = load_model(model)
+    check_output_path(output, loaded.data_files, force)
+    return loaded, out
+
+
 def _verify_kwargs(dims, inputs_file, val_range, atol, rtol, input_seed) -> dict:
     return {"feeds": load_inputs(inputs_file) if inputs_file else None, "dims": _parse_dims(dims),
             "int_range": _parse_range(val_range), "atol": atol, "rtol": rtol, "seed": input_seed}
@@ -135,8 +157,7 @@ def widen(model, targets, widen_all, output, seed, noise, no_verify, force, as_j
         if not sep or not name or not width:
             raise Net2NetError(f"'{item}' is not TARGET=WIDTH (e.g. conv2=96 or fc1=x1.5)")
         requests[name] = width
-    loaded = load_model(model)
-    out = check_output_path(output, [loaded.path], force)
+    loaded, out = _load_for_output(model, output, force, verify["inputs_file"])
     result = api.widen_model(loaded.model, requests, seed=seed, noise=noise, verify=not no_verify,
                              verify_options=_verify_kwargs(**verify), widen_all=widen_all)
     save_model(result.model, out, external_data=loaded.external_data)
@@ -166,8 +187,7 @@ def deepen(model, targets, output, kernel, residual, no_bn, seed, no_verify, for
     """Insert an identity-initialized layer after each TARGET's tail (bias, BatchNorm,
     activation); TARGET is a node, weight or module name, or a glob pattern. Exact when the
     activation is idempotent (ReLU, Clip); --residual is exact for any activation."""
-    loaded = load_model(model)
-    out = check_output_path(output, [loaded.path], force)
+    loaded, out = _load_for_output(model, output, force, verify["inputs_file"])
     result = api.deepen_model(loaded.model, list(targets), kernel=kernel, residual=residual, batch_norm=not no_bn,
                               seed=seed, verify=not no_verify, verify_options=_verify_kwargs(**verify))
     save_model(result.model, out, external_data=loaded.external_data)
@@ -195,6 +215,8 @@ def apply(plan_file, models, outdir, workers, report_file, force) -> None:
     for another reason. A failed model leaves no file behind."""
     plan = load_plan(plan_file)
     jobs = batch.plan_jobs(batch.collect_models(list(models)), outdir, force)
+    report_path = batch.check_report(report_file, jobs, plan_file, force) if report_file else None
+    _warn_leftovers([job.output for job in jobs] + ([report_path] if report_path else []))
     workers = workers or batch.default_workers(len(jobs))
     plural = lambda n, word: f"{n} {word}{'' if n == 1 else 's'}"  # noqa: E731
     click.echo(f"applying {plan_file} ({plural(len(plan.steps), 'step')}) to {plural(len(jobs), 'model')} "
@@ -216,10 +238,11 @@ def apply(plan_file, models, outdir, workers, report_file, force) -> None:
         if bar is not None:
             bar.__enter__()
         results = batch.run(plan, jobs, workers, progress)
-    except KeyboardInterrupt:
-        click.echo(f"\ninterrupted: {len(done)} of {len(jobs)} models finished; unfinished ones wrote nothing",
+    except KeyboardInterrupt as exc:
+        newline = "\n" if bar is not None else ""  # end the progress bar's line
+        click.echo(f"{newline}interrupted: {len(done)} of {len(jobs)} models finished; unfinished ones wrote nothing",
                    err=True)
-        sys.exit(130)
+        sys.exit(signals.exit_code(exc))
     finally:
         if bar is not None:
             bar.__exit__(None, None, None)
@@ -229,7 +252,7 @@ def apply(plan_file, models, outdir, workers, report_file, force) -> None:
         document = {"schema": 1, "plan_file": str(plan_file), "plan": plan.to_json(), "workers": workers,
                     "seconds": round(wall, 3), "models": results,
                     "summary": {s: sum(r["status"] == s for r in results) for s in ("ok", "mismatch", "error")}}
-        save_text(report_file, json.dumps(document, indent=2))
+        save_text(report_path, json.dumps(document, indent=2))
     sys.exit(batch.exit_code(results))
 
 

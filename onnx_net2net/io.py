@@ -1,16 +1,22 @@
-"""Safe model loading and atomic saving: parse errors become clear errors, nothing is half-written."""
+"""Safe model loading and atomic saving: parse errors become clear errors, nothing is half-written,
+inputs are never overwritten, and external data is read only from beside its model."""
 
 from __future__ import annotations
 
 import os
+import re
 import tempfile
-from dataclasses import dataclass
+import warnings
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import onnx
 from onnx import numpy_helper
-from onnx.external_data_helper import uses_external_data
+from onnx.external_data_helper import ExternalDataInfo, load_external_data_for_tensor, uses_external_data
 
+from . import signals
 from .errors import Net2NetError
 
 # Protobuf cannot serialize a message of 2 GiB or more; such models must keep weights external.
@@ -19,16 +25,27 @@ PROTOBUF_LIMIT = 2**31 - 1
 
 @dataclass
 class LoadedModel:
-    """A parsed model and where it came from (None for an in-memory ModelProto)."""
+    """A parsed model and where it came from (None for an in-memory ModelProto); `data_files`
+    are the resolved external-data files it was read from (an output must never replace one)."""
 
     model: onnx.ModelProto
     path: Path | None
     external_data: bool
+    data_files: frozenset[Path] = field(default_factory=frozenset)
+
+
+def real(path: str | os.PathLike[str]) -> Path:
+    """The path a write would reach: symlinks and '..' resolved, missing components included."""
+    return Path(os.path.realpath(os.fspath(path)))
 
 
 def load_model(source: str | os.PathLike[str] | onnx.ModelProto) -> LoadedModel:
     """Load a path or accept a ModelProto; every failure is one clear Net2NetError."""
     if isinstance(source, onnx.ModelProto):
+        external = next((t for t in all_tensors(source) if uses_external_data(t)), None)
+        if external is not None:
+            raise Net2NetError(f"tensor '{external.name}' keeps its data in an external file that was not "
+                               "loaded; pass the model's path so its data is read from beside it")
         return LoadedModel(source, None, False)
     path = Path(source)
     if not path.exists():
@@ -41,80 +58,249 @@ def load_model(source: str | os.PathLike[str] | onnx.ModelProto) -> LoadedModel:
         raise Net2NetError(f"{path}: not a valid ONNX model ({type(exc).__name__}: {exc})") from exc
     if not model.HasField("graph") or len(model.graph.node) == 0 and len(model.graph.output) == 0:
         raise Net2NetError(f"{path}: not a valid ONNX model (no graph)")
-    external = any(uses_external_data(t) for t in model.graph.initializer)
-    if external:
-        try:
-            onnx.load_external_data_for_model(model, str(path.parent))
-        except Exception as exc:
-            raise Net2NetError(f"{path}: cannot read its external data ({exc})") from exc
-    return LoadedModel(model, path, external)
+    data_files = load_external_data(model, path)
+    return LoadedModel(model, path, bool(data_files), frozenset(data_files))
 
 
-def check_output_path(output: str | os.PathLike[str], inputs: list[Path | None], force: bool) -> Path:
-    """Refuse to overwrite an input model, or any existing file unless forced."""
-    out = Path(output)
-    for src in inputs:
-        if src is not None and out.exists() and src.exists() and out.resolve() == src.resolve():
-            if not force:
-                raise Net2NetError(f"{out}: output is the input model; pass --force to overwrite it")
-    if out.exists() and not force:
-        raise Net2NetError(f"{out}: already exists; pass --force to overwrite it")
+def all_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
+    """Every tensor a model holds: initializers, sparse initializers, attribute tensors (Constant
+    values), in the main graph, in If/Loop/Scan bodies at any depth, in functions and in
+    training info. onnx's own walk skips sparse tensors."""
+    graphs: list[onnx.GraphProto] = [model.graph]
+    for info in model.training_info:
+        graphs += [info.initialization, info.algorithm]
+    nodes: list[onnx.NodeProto] = [n for f in model.functions for n in f.node]
+    while graphs or nodes:
+        if graphs:
+            graph = graphs.pop()
+            yield from graph.initializer
+            for sparse in graph.sparse_initializer:
+                yield from (sparse.values, sparse.indices)
+            nodes.extend(graph.node)
+            continue
+        for attribute in nodes.pop().attribute:
+            if attribute.HasField("t"):
+                yield attribute.t
+            yield from attribute.tensors
+            sparse_tensors = list(attribute.sparse_tensors)
+            if attribute.HasField("sparse_tensor"):
+                sparse_tensors.append(attribute.sparse_tensor)
+            for sparse in sparse_tensors:
+                yield from (sparse.values, sparse.indices)
+            if attribute.HasField("g"):
+                graphs.append(attribute.g)
+            graphs.extend(attribute.graphs)
+
+
+def load_external_data(model: onnx.ModelProto, path: Path) -> set[Path]:
+    """Read every external tensor of the model at `path` into memory, from files inside the
+    model's own folder only (never the working directory): a location must be relative,
+    without '..', and must resolve to a regular file, not a symlink, inside that folder.
+    Returns the files read."""
+    folder = real(path.parent)
+    files: set[Path] = set()
+    for tensor in all_tensors(model):
+        if uses_external_data(tensor):
+            files.add(_read_external(tensor, path, folder))
+    return files
+
+
+def _read_external(tensor: onnx.TensorProto, path: Path, folder: Path) -> Path:
+    where = f"{path}: tensor '{tensor.name}'"
+    try:
+        with warnings.catch_warnings():  # unknown keys are ignored, as onnx does, without a warning line
+            warnings.simplefilter("ignore")
+            location = ExternalDataInfo(tensor).location
+    except ValueError as exc:
+        raise Net2NetError(f"{where}: bad external data entry ({exc})") from exc
+    refuse = lambda why: Net2NetError(f"{where}: external data location {location!r} {why}")  # noqa: E731
+    if not location or "\0" in location:
+        raise refuse("is not a file name")
+    if os.path.isabs(location) or re.match(r"[A-Za-z]:|[\\/]", location):
+        raise refuse("is an absolute path; only files beside the model are read")
+    if ".." in Path(location.replace("\\", "/")).parts:
+        raise refuse("leaves the model's folder ('..'); only files beside the model are read")
+    target = folder / location
+    resolved = real(target)
+    if not resolved.is_relative_to(folder):
+        raise refuse("resolves out of the model's folder through a symbolic link")
+    if target.is_symlink():
+        raise refuse("is a symbolic link; only regular files beside the model are read")
+    if not resolved.is_file():
+        raise refuse("is not a file beside the model")
+    try:
+        load_external_data_for_tensor(tensor, str(folder))
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise refuse(f"cannot be read ({first})") from exc
+    return resolved
+
+
+def data_path(output: Path) -> Path:
+    """The external-data file written beside an output model."""
+    return output.parent / f"{output.name}.data"
+
+
+def check_output_path(output: str | os.PathLike[str], protected: Iterable[Path | None], force: bool,
+                      with_data: bool = True) -> Path:
+    """Where an output goes (resolved), refused before any work when it is an input of the run
+    (a model, its data file, the plan; even with --force), an existing file without --force, a
+    directory, or in a folder that cannot be written. A model's data file is checked alike."""
+    out = real(output)
+    inputs = {real(p) for p in protected if p is not None}
     if out.is_dir():
-        raise Net2NetError(f"{out}: is a directory, expected a file path")
+        raise Net2NetError(f"{output}: is a directory, expected a file path")
+    for path in (out, data_path(out)) if with_data else (out,):
+        if path in inputs or real(path) in inputs:
+            raise Net2NetError(f"{path}: is an input of this run; it is never overwritten, even with --force")
+        if os.path.lexists(path) and not force:
+            raise Net2NetError(f"{path}: already exists; pass --force to overwrite it")
+    check_writable(out.parent)
     return out
+
+
+def check_writable(folder: Path) -> None:
+    """Fail fast on a folder we could not write into: its nearest existing ancestor must be a
+    writable directory (a missing folder is created when the output is written)."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise Net2NetError(f"{existing}: is not a directory, cannot create {folder}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise Net2NetError(f"{existing}: folder is not writable")
+
+
+# mkstemp names are PREFIX + 8 characters of this set + SUFFIX; leftovers of a killed run
+# match exactly this pattern for one output.
+_TEMP_CHARS = "[a-z0-9_]{8}"
+
+
+def temp_pattern(target: Path) -> re.Pattern[str]:
+    return re.compile(rf"\.{re.escape(target.name)}\.{_TEMP_CHARS}\.tmp")
+
+
+def leftover_temps(targets: Iterable[Path]) -> list[Path]:
+    """Temporary files of earlier, killed runs beside these outputs (and their data files)."""
+    listings: dict[Path, list[str]] = {}
+    found: list[Path] = []
+    for target in targets:
+        if target.parent not in listings:
+            try:
+                listings[target.parent] = sorted(p.name for p in target.parent.iterdir() if p.name.endswith(".tmp"))
+            except OSError:
+                listings[target.parent] = []
+        for name in (target, data_path(target)):
+            pattern = temp_pattern(name)
+            found += [target.parent / n for n in listings[target.parent] if pattern.fullmatch(n)]
+    return found
+
+
+def _current_umask() -> int:
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # no /proc: the classic read, which briefly changes the process umask
+    os.umask(mask)
+    return mask
+
+
+class _AtomicFiles:
+    """Temporary files created with mkstemp (O_EXCL, mode set from the umask) beside their
+    targets, renamed into place by commit(); every one not committed is removed on failure."""
+
+    def __init__(self) -> None:
+        self.mode = 0o666 & ~_current_umask()
+        self.pending: list[tuple[Path, Path]] = []
+
+    def open(self, target: Path) -> BinaryIO:
+        with signals.deferred():  # a file created is a file recorded, whenever a signal comes
+            fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+            self.pending.append((Path(name), target))
+        os.fchmod(fd, self.mode)
+        return os.fdopen(fd, "wb")
+
+    def commit(self) -> None:
+        """Rename in order (a model's data file before the model that refers to it), as one
+        step for signals: a stop never leaves a new data file beside an old model."""
+        with signals.deferred():
+            while self.pending:
+                tmp, target = self.pending[0]
+                os.replace(tmp, target)
+                self.pending.pop(0)
+
+    def discard(self) -> None:
+        with signals.deferred():  # a second Ctrl-C waits for the cleanup
+            for tmp, _ in self.pending:
+                try:
+                    tmp.unlink(missing_ok=True)
+                except OSError:
+                    pass
+            self.pending.clear()
+
+
+def _write_atomically(output: str | os.PathLike[str], write) -> None:
+    """Run `write(files)` with fresh temporaries and commit them; any failure (a full disk, a
+    signal) removes them and an OSError becomes one clear error."""
+    out = real(output)
+    files = _AtomicFiles()
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write(files)
+        files.commit()
+    except OSError as exc:
+        files.discard()
+        raise Net2NetError(f"{out}: cannot write ({exc.strerror or exc})") from exc
+    except BaseException:
+        files.discard()
+        raise
 
 
 def save_model(model: onnx.ModelProto, output: str | os.PathLike[str], external_data: bool = False) -> None:
     """Write atomically (temporary file, then rename); weights go external when asked or too large."""
-    out = Path(output)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    out = real(output)
     if not external_data and weights_size(model) > PROTOBUF_LIMIT:
         external_data = True
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    data_name = out.name + ".data"
-    tmp_data = out.parent / f".{data_name}.{tmp.name.rsplit('.', 2)[-2]}.tmp"
-    try:
+
+    def write(files: _AtomicFiles) -> None:
         if external_data:
             # The model records the data file's final name; the data is renamed into place
             # before the model itself appears.
-            write_with_external_data(model, tmp, data_name, data_path=tmp_data)
-            os.replace(tmp_data, out.parent / data_name)
+            with files.open(data_path(out)) as data, files.open(out) as handle:
+                write_with_external_data(model, handle, data_path(out).name, data)
         else:
-            _write_streamed(model, tmp)
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        tmp_data.unlink(missing_ok=True)
-        raise
+            with files.open(out) as handle:
+                _write_streamed(model, handle)
+
+    _write_atomically(out, write)
 
 
-def write_with_external_data(model: onnx.ModelProto, path: Path, data_name: str,
-                             data_path: Path | None = None) -> None:
+def write_with_external_data(model: onnx.ModelProto, handle: BinaryIO, data_name: str, data: BinaryIO) -> None:
     """Write weights of 1 KiB or more to one data file beside the model, without modifying
     `model` (onnx.save_model's external-data path converts the caller's tensors in place)."""
     skeleton = onnx.ModelProto()
     _copy_fields(model, skeleton, skip="graph")
     _copy_fields(model.graph, skeleton.graph, skip="initializer")
     offset = 0
-    with open(data_path or path.parent / data_name, "wb") as data:
-        for tensor in model.graph.initializer:
-            meta = skeleton.graph.initializer.add()
-            if tensor.data_type == onnx.TensorProto.STRING or _tensor_bytes(tensor) < _EXTERNAL_THRESHOLD:
-                meta.CopyFrom(tensor)
-                continue
-            payload = tensor.raw_data if tensor.HasField("raw_data") else _little_endian_bytes(tensor)
-            meta.name, meta.data_type, meta.doc_string = tensor.name, tensor.data_type, tensor.doc_string
-            meta.dims.extend(tensor.dims)
-            meta.data_location = onnx.TensorProto.EXTERNAL
-            for key, value in (("location", data_name), ("offset", str(offset)), ("length", str(len(payload)))):
-                entry = meta.external_data.add()
-                entry.key, entry.value = key, value
-            data.write(payload)
-            offset += len(payload)
-    with open(path, "wb") as handle:
-        handle.write(skeleton.SerializeToString())
+    for tensor in model.graph.initializer:
+        meta = skeleton.graph.initializer.add()
+        if tensor.data_type == onnx.TensorProto.STRING or _tensor_bytes(tensor) < _EXTERNAL_THRESHOLD:
+            meta.CopyFrom(tensor)
+            continue
+        payload = tensor.raw_data if tensor.HasField("raw_data") else _little_endian_bytes(tensor)
+        meta.name, meta.data_type, meta.doc_string = tensor.name, tensor.data_type, tensor.doc_string
+        meta.dims.extend(tensor.dims)
+        meta.data_location = onnx.TensorProto.EXTERNAL
+        for key, value in (("location", data_name), ("offset", str(offset)), ("length", str(len(payload)))):
+            entry = meta.external_data.add()
+            entry.key, entry.value = key, value
+        data.write(payload)
+        offset += len(payload)
+    handle.write(skeleton.SerializeToString())
 
 
 _EXTERNAL_THRESHOLD = 1024
@@ -132,20 +318,19 @@ def _tensor_bytes(tensor: onnx.TensorProto) -> int:
     return count * onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
 
 
-def _write_streamed(model: onnx.ModelProto, path: Path) -> None:
+def _write_streamed(model: onnx.ModelProto, handle: BinaryIO) -> None:
     """Serialize without building the whole file in memory: the model without its weights,
     then each weight as its own `graph { initializer { ... } }` record. Protobuf merges
     repeated occurrences of a message field, so readers see one graph with every weight."""
     skeleton = onnx.ModelProto()
     _copy_fields(model, skeleton, skip="graph")
     _copy_fields(model.graph, skeleton.graph, skip="initializer")
-    with open(path, "wb") as handle:
-        handle.write(skeleton.SerializeToString())
-        for tensor in model.graph.initializer:
-            body = tensor.SerializeToString()
-            record = _GRAPH_INITIALIZER_TAG + _varint(len(body)) + body
-            handle.write(_MODEL_GRAPH_TAG + _varint(len(record)))
-            handle.write(record)
+    handle.write(skeleton.SerializeToString())
+    for tensor in model.graph.initializer:
+        body = tensor.SerializeToString()
+        record = _GRAPH_INITIALIZER_TAG + _varint(len(body)) + body
+        handle.write(_MODEL_GRAPH_TAG + _varint(len(record)))
+        handle.write(record)
 
 
 def _copy_fields(source, target, skip: str) -> None:
@@ -184,10 +369,11 @@ def weights_size(model: onnx.ModelProto) -> int:
 
 
 def save_text(output: str | os.PathLike[str], text: str) -> None:
-    """Atomic text write (reports): a reader never sees half a file."""
-    out = Path(output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.replace(tmp, out)
+    """Atomic text write (reports): a reader never sees half a file, a failure leaves none."""
+    out = real(output)
+
+    def write(files: _AtomicFiles) -> None:
+        with files.open(out) as handle:
+            handle.write(text.encode())
+
+    _write_atomically(out, write)

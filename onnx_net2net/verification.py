@@ -12,10 +12,11 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 from onnx import helper
+from onnx.external_data_helper import uses_external_data
 
 from . import upcast
 from .errors import Net2NetError, VerificationError
-from .io import PROTOBUF_LIMIT, weights_size, write_with_external_data
+from .io import PROTOBUF_LIMIT, all_tensors, weights_size, write_with_external_data
 
 DEFAULT_DIM = 1
 DEFAULT_INT_RANGE = (0, 8)
@@ -67,18 +68,28 @@ class _MissingKernel(Exception):
         self.failure, self.detail = failure, detail
 
 
-def _session(model: onnx.ModelProto | str | os.PathLike, rewritten: bool = False) -> ort.InferenceSession:
-    if isinstance(model, onnx.ModelProto) and weights_size(model) > PROTOBUF_LIMIT - (64 << 20):
-        # Too large to serialize as one message: hand onnxruntime a file with external data.
+def _session(model: onnx.ModelProto, rewritten: bool = False) -> ort.InferenceSession:
+    """A session on a model whose weights are all in memory: onnxruntime never resolves a file
+    path of its own (from bytes it would look in the working directory)."""
+    external = next((t.name for t in all_tensors(model) if uses_external_data(t)), None)
+    if external is not None:
+        raise Net2NetError(f"tensor '{external}' keeps its data in an external file that was not loaded; "
+                           "pass the model's path so its data is read from beside it")
+    if weights_size(model) > PROTOBUF_LIMIT - (64 << 20):
+        # Too large to serialize as one message: a file with external data in a private folder.
         with tempfile.TemporaryDirectory(prefix="n2n-verify-") as tmp:
             path = Path(tmp) / "model.onnx"
-            write_with_external_data(model, path, "model.onnx.data")
-            return _session(path, rewritten)
+            with open(path, "xb") as handle, open(path.with_name("model.onnx.data"), "xb") as data:
+                write_with_external_data(model, handle, "model.onnx.data", data)
+            return _new_session(str(path), rewritten)
+    return _new_session(model.SerializeToString(), rewritten)
+
+
+def _new_session(source: str | bytes, rewritten: bool = False) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.log_severity_level = 3
     options.intra_op_num_threads = _THREADS
-    source = str(model) if isinstance(model, (str, os.PathLike)) else model.SerializeToString()
     try:
         return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
     except Exception as exc:
