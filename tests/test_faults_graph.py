@@ -312,13 +312,18 @@ def test_gather_and_split_of_the_unit_axis_block():
         y = Conv(s, Wc)
     }""", {"Wa": (6, 3, 1, 1), "Wc": (2, 6, 1, 1)})
     assert "(Gather): gathers along the unit axis" in group_of(gather, "Conv->a")["reason"]
+    # A split of the unit axis cuts the producer's units into parts that grow on their own.
     split = build(HEAD.format(opset=18) + """
     g (float[1, 3, 4, 4] x) => (float[1, 2, 4, 4] y) {
         a = Conv(x, Wa)
-        s = Split<axis=1, num_outputs=1>(a)
-        y = Conv(s, Wc)
-    }""", {"Wa": (6, 3, 1, 1), "Wc": (2, 6, 1, 1)})
-    assert "(Split): splits the unit axis" in group_of(split, "Conv->a")["reason"]
+        p, q = Split<axis=1, num_outputs=2>(a)
+        u = Conv(p, Wp)
+        v = Conv(q, Wq)
+        y = Add(u, v)
+    }""", {"Wa": (6, 3, 1, 1), "Wp": (2, 3, 1, 1), "Wq": (2, 3, 1, 1)})
+    groups = [g for g in n2n.inspect(split).groups if "Conv->a" in g["producers"]]
+    assert len(groups) == 2 and all(g["widenable"] and g["width"] == 3 for g in groups)
+    widen_checked(split, {groups[0]["id"]: 5, groups[1]["id"]: 4})
 
 
 # -- the rewritten model failing in onnxruntime is the tool's failure -------------------------

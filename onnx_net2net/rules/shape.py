@@ -572,11 +572,19 @@ def split(analysis: Analysis, node: gs.Node, ins: list[Layout | None]) -> list[L
     parts = analysis.refine(x, sizes, node)
     if parts is None:
         return [None] * len(node.outputs)
+    if not from_input and G.attr(node, "split") is None:
+        # Parts may grow by different amounts: state the sizes instead of an even split.
+        node.attrs.pop("num_outputs", None)
+        if G.opset(analysis.graph) >= 13:
+            node.inputs.append(gs.Constant(f"{node.outputs[0].name}__n2n_split", np.array(sizes, np.int64)))
+            from_input = True
+        else:
+            node.attrs["split"] = list(sizes)
     outs = [Layout(x.axis, x.rank, (part,)) for part in parts]
     for index, out in enumerate(outs):
         if from_input:
             analysis.effect("entry", node, 1, index, out)
-        elif G.attr(node, "split") is not None:
+        else:
             analysis.effect("attr_entry", node, 0, index, out, attr="split")
     return outs
 
