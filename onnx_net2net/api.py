@@ -9,6 +9,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
+from . import checks
 from . import deepening as D
 from . import graph as G
 from . import widening as W
@@ -17,7 +18,7 @@ from .analysis import Analysis
 from .groups import analyze
 from .io import LoadedModel, load_model
 from .targets import is_pattern
-from .verification import Report, compare
+from .verification import Report, check_options, compare
 
 
 @dataclass
@@ -73,18 +74,30 @@ def inspect(source: str | os.PathLike[str] | onnx.ModelProto) -> Inspection:
                       D.deepen_points(graph))
 
 
-def widen_model(source: str | os.PathLike[str] | onnx.ModelProto, targets: dict[str, int | float | str],
+def widen_model(source: str | os.PathLike[str] | onnx.ModelProto,
+                targets: dict[str, int | float | str] | list[tuple[str, int | float | str]],
                 seed: int = 0, noise: float = 0.0, verify: bool = True,
                 verify_options: dict | None = None, widen_all: int | float | str | None = None,
                 optional: bool = False) -> WidenResult:
     """Widen the named layers (and with `widen_all`, every widenable group by that factor);
-    verify against the original unless told not to."""
+    verify against the original unless told not to. `targets` may be (name, width) pairs, so
+    a name given twice with different widths is refused rather than overwritten."""
+    checks.require(checks.seed_problem(seed), "seed")
+    checks.require(checks.amount_problem(noise), "noise")
+    check_options(verify_options or {})
     loaded, graph, analysis = _prepare(source)
     before = parameter_count(graph)
     widenings = W.resolve(analysis, targets, widen_all, optional)
-    if not widenings and not optional and widen_all is None:
-        raise Net2NetError("nothing to widen: no target given")
     skipped = W.skipped_by_all(analysis, widenings, widen_all)
+    if not widenings and not optional:
+        if widen_all is None:
+            raise Net2NetError("nothing to widen: no target given")
+        open_ = [g.id for g in analysis.groups if g.widenable]
+        blocked = [g for g in analysis.groups if not g.widenable]
+        why = (f"{skipped[0]['group']}: {skipped[0]['reason']}" if skipped else
+               f"groups {', '.join(open_)} round back to their width" if open_ else
+               f"every group is blocked, e.g. {blocked[0].id}: {blocked[0].reason}" if blocked else "it has no groups")
+        raise Net2NetError(f"nothing to widen: no width group can grow by {widen_all} ({why})")
     untied = W.apply(graph, analysis, widenings, seed=seed, noise=noise)
     model = G.export_model(graph, loaded.model)
     result = WidenResult(model, [{"group": w.group.id, "targets": w.targets, "old": w.old, "new": w.new,
@@ -95,7 +108,8 @@ def widen_model(source: str | os.PathLike[str] | onnx.ModelProto, targets: dict[
     if verify:
         result.report = compare(loaded.model, model, **(verify_options or {}))
         if not result.report.passed and noise == 0.0:
-            raise VerificationError("the widened model does not reproduce the original's outputs", result.report)
+            raise VerificationError("the widened model does not reproduce the original's outputs", result.report,
+                                    result)
     return result
 
 
@@ -131,6 +145,8 @@ def deepen_model(source: str | os.PathLike[str] | onnx.ModelProto, targets: list
         targets = [targets]
     if not targets:
         raise Net2NetError("nothing to deepen: give at least one target layer")
+    checks.require(checks.seed_problem(seed), "seed")
+    check_options(verify_options or {})
     loaded = load_model(source)
     graph = G.import_model(loaded.model)
     before = parameter_count(graph)
@@ -150,7 +166,8 @@ def deepen_model(source: str | os.PathLike[str] | onnx.ModelProto, targets: list
     if verify:
         result.report = compare(loaded.model, model, **(verify_options or {}))
         if not result.report.passed:
-            raise VerificationError("the deepened model does not reproduce the original's outputs", result.report)
+            raise VerificationError("the deepened model does not reproduce the original's outputs", result.report,
+                                    result)
     return result
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import contextlib
 import sys
 
 import click
@@ -10,16 +10,30 @@ import click
 import time
 from pathlib import Path
 
-from . import api, batch, signals
+from . import api, batch, checks, signals
 from .plan import load_plan
 from .errors import Net2NetError, VerificationError
 from .io import check_output_path, leftover_temps, load_model, save_model, save_text
-from .report import format_batch, format_deepened, format_groups, format_report, format_widened
+from .report import format_batch, format_deepened, format_groups, format_report, format_widened, json_text
 from .verification import DEFAULT_DIM, DEFAULT_INT_RANGE, Report, compare, load_inputs
 
 
 class _Group(click.Group):
     """Catches user errors in one place: one line on stderr, no traceback unless -v."""
+
+    def main(self, *args, standalone_mode: bool = True, **kwargs):
+        """click's own usage errors (unknown option, bad value, missing argument) as one line, exit 2."""
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)
+        except click.ClickException as exc:
+            click.echo(f"error: {_usage_line(exc)}", err=True)
+            sys.exit(2)
+        except click.Abort:
+            click.echo("aborted", err=True)
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
 
     def invoke(self, ctx: click.Context):
         try:
@@ -44,17 +58,62 @@ class _Group(click.Group):
             ctx.exit(2)
 
 
+def _usage_line(exc: click.ClickException) -> str:
+    """'--workers: 0 is not in the range x>=1' rather than click's usage block."""
+    if isinstance(exc, click.BadParameter) and not isinstance(exc, click.MissingParameter):
+        hint = exc.param_hint or (exc.param.get_error_hint(exc.ctx) if exc.param else None)
+        if hint:
+            hint = (hint if isinstance(hint, str) else " / ".join(hint)).replace("'", "")
+            return f"{hint}: {exc.message}"
+    return " ".join(exc.format_message().split())
+
+
+def _checked(problem):
+    """A click callback refusing what a `checks` predicate refuses (NaN, negative seeds, ...)."""
+    def callback(ctx, param, value):
+        if value is not None and problem(value):
+            raise click.BadParameter(problem(value), ctx, param)
+        return value
+    return callback
+
+
+def _result_json(model: str, out, result, written: bool) -> dict:
+    """The document widen and deepen print with --json, whether or not verification passed."""
+    changes = {"widened": result.widened, "blocked": result.blocked} if isinstance(result, api.WidenResult) \
+        else {"inserted": result.inserted}
+    return {"schema": 1, "model": model, "output": str(out), "written": written, **changes,
+            "parameters": {"before": result.parameters_before, "after": result.parameters_after},
+            "verification": result.report.to_json() if result.report else None}
+
+
+@contextlib.contextmanager
+def _json_on_mismatch(as_json: bool, model: str, out):
+    """With --json, a failed verification still prints its document (written: false) on stdout."""
+    try:
+        yield
+    except VerificationError as exc:
+        if as_json and exc.result is not None:
+            _emit_json(_result_json(model, out, exc.result, written=False))
+        raise
+
+
 def _emit_json(document: dict) -> None:
-    click.echo(json.dumps(document, indent=2))
+    click.echo(json_text(document))
 
 
 def _parse_dims(values: tuple[str, ...]) -> dict[str, int]:
     dims = {}
     for value in values:
-        name, sep, number = value.partition("=")
-        if not sep or not number.strip().isdigit():
+        name, sep, number = (part.strip() for part in value.partition("="))
+        try:
+            size = int(number)
+        except ValueError:
+            size = None
+        if not sep or not name or size is None:
             raise click.BadParameter(f"'{value}' is not NAME=VALUE with an integer VALUE", param_hint="--dim")
-        dims[name.strip()] = int(number)
+        if checks.dim_problem(size):
+            raise click.BadParameter(f"{name}={checks.dim_problem(size)}", param_hint="--dim")
+        dims[name] = size
     return dims
 
 
@@ -79,9 +138,13 @@ def verify_options(func):
                      help="Run on inputs from an .npz file instead of random ones."),
         click.option("--val-range", metavar="LOW,HIGH",
                      help=f"Range of random integer inputs (default {DEFAULT_INT_RANGE[0]},{DEFAULT_INT_RANGE[1]})."),
-        click.option("--atol", type=float, help="Absolute tolerance (default by dtype: float32 1e-5)."),
-        click.option("--rtol", type=float, help="Relative tolerance (default by dtype: float32 1e-5)."),
-        click.option("--input-seed", type=int, default=0, show_default=True, help="Seed of the random inputs."),
+        click.option("--atol", type=float, callback=_checked(checks.amount_problem),
+                     help="Absolute tolerance (default by dtype: float32 1e-5)."),
+        click.option("--rtol", type=float, callback=_checked(checks.amount_problem),
+                     help="Relative tolerance (default by dtype: float32 1e-5), scaled by each output's max |value|."),
+        click.option("--strict", is_flag=True, help="Apply atol + rtol*|e| to every element (Polygraphy's rule)."),
+        click.option("--input-seed", type=int, default=0, show_default=True, callback=_checked(checks.seed_problem),
+                     help="Seed of the random inputs."),
     ]
     for option in reversed(options):
         func = option(func)
@@ -105,9 +168,9 @@ def _load_for_output(model: str, output: str, force: bool, inputs_file: str | No
     return loaded, out
 
 
-def _verify_kwargs(dims, inputs_file, val_range, atol, rtol, input_seed) -> dict:
+def _verify_kwargs(dims, inputs_file, val_range, atol, rtol, strict, input_seed) -> dict:
     return {"feeds": load_inputs(inputs_file) if inputs_file else None, "dims": _parse_dims(dims),
-            "int_range": _parse_range(val_range), "atol": atol, "rtol": rtol, "seed": input_seed}
+            "int_range": _parse_range(val_range), "atol": atol, "rtol": rtol, "strict": strict, "seed": input_seed}
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -136,8 +199,9 @@ def inspect(model: str, as_json: bool) -> None:
 @click.argument("targets", nargs=-1, metavar="TARGET=WIDTH...")
 @click.option("--all", "widen_all", metavar="xF", help="Also widen every other widenable group by factor F.")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Where to write the wider model.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random unit mapping.")
-@click.option("--noise", type=float, default=0.0, show_default=True,
+@click.option("--seed", type=int, default=0, show_default=True, callback=_checked(checks.seed_problem),
+              help="Seed of the random unit mapping.")
+@click.option("--noise", type=float, default=0.0, show_default=True, callback=_checked(checks.amount_problem),
               help="Std of noise added to the copied units' incoming weights, relative to the weights' std. "
                    "Breaks symmetry for training; NOT exactly function-preserving (verification is reported, "
                    "not enforced).")
@@ -151,21 +215,19 @@ def widen(model, targets, widen_all, output, seed, noise, no_verify, force, as_j
     (x1.5). Nothing is written unless onnxruntime confirms the outputs are unchanged."""
     if not targets and widen_all is None:
         raise Net2NetError("nothing to widen: give TARGET=WIDTH arguments or --all xF")
-    requests = {}
+    requests = []  # pairs, so a target given twice with different widths is refused, not overwritten
     for item in targets:
         name, sep, width = item.rpartition("=")
         if not sep or not name or not width:
             raise Net2NetError(f"'{item}' is not TARGET=WIDTH (e.g. conv2=96 or fc1=x1.5)")
-        requests[name] = width
+        requests.append((name, width))
     loaded, out = _load_for_output(model, output, force, verify["inputs_file"])
-    result = api.widen_model(loaded.model, requests, seed=seed, noise=noise, verify=not no_verify,
-                             verify_options=_verify_kwargs(**verify), widen_all=widen_all)
+    with _json_on_mismatch(as_json, model, out):
+        result = api.widen_model(loaded.model, requests, seed=seed, noise=noise, verify=not no_verify,
+                                 verify_options=_verify_kwargs(**verify), widen_all=widen_all)
     save_model(result.model, out, external_data=loaded.external_data)
     if as_json:
-        _emit_json({"schema": 1, "model": model, "output": str(out), "widened": result.widened,
-                    "blocked": result.blocked,
-                    "parameters": {"before": result.parameters_before, "after": result.parameters_after},
-                    "verification": result.report.to_json() if result.report else None})
+        _emit_json(_result_json(model, out, result, written=True))
     else:
         click.echo(format_widened(result, str(out)), err=True)
 
@@ -178,7 +240,8 @@ def widen(model, targets, widen_all, output, seed, noise, no_verify, force, as_j
 @click.option("--residual", is_flag=True,
               help="Insert x + W2 f(W1 x) with W2 = 0 (exact for any activation, trainable from step one).")
 @click.option("--no-bn", is_flag=True, help="Do not give the new layer an identity BatchNorm when the target has one.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the residual block's W1.")
+@click.option("--seed", type=int, default=0, show_default=True, callback=_checked(checks.seed_problem),
+              help="Seed of the residual block's W1.")
 @click.option("--no-verify", is_flag=True, help="Skip the onnxruntime comparison.")
 @click.option("--force", is_flag=True, help="Overwrite OUTPUT if it exists.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
@@ -188,13 +251,13 @@ def deepen(model, targets, output, kernel, residual, no_bn, seed, no_verify, for
     activation); TARGET is a node, weight or module name, or a glob pattern. Exact when the
     activation is idempotent (ReLU, Clip); --residual is exact for any activation."""
     loaded, out = _load_for_output(model, output, force, verify["inputs_file"])
-    result = api.deepen_model(loaded.model, list(targets), kernel=kernel, residual=residual, batch_norm=not no_bn,
-                              seed=seed, verify=not no_verify, verify_options=_verify_kwargs(**verify))
+    with _json_on_mismatch(as_json, model, out):
+        result = api.deepen_model(loaded.model, list(targets), kernel=kernel, residual=residual,
+                                  batch_norm=not no_bn, seed=seed, verify=not no_verify,
+                                  verify_options=_verify_kwargs(**verify))
     save_model(result.model, out, external_data=loaded.external_data)
     if as_json:
-        _emit_json({"schema": 1, "model": model, "output": str(out), "inserted": result.inserted,
-                    "parameters": {"before": result.parameters_before, "after": result.parameters_after},
-                    "verification": result.report.to_json() if result.report else None})
+        _emit_json(_result_json(model, out, result, written=True))
     else:
         click.echo(format_deepened(result, str(out)), err=True)
 
@@ -252,7 +315,7 @@ def apply(plan_file, models, outdir, workers, report_file, force) -> None:
         document = {"schema": 1, "plan_file": str(plan_file), "plan": plan.to_json(), "workers": workers,
                     "seconds": round(wall, 3), "models": results,
                     "summary": {s: sum(r["status"] == s for r in results) for s in ("ok", "mismatch", "error")}}
-        save_text(report_path, json.dumps(document, indent=2))
+        save_text(report_path, json_text(document))
     sys.exit(batch.exit_code(results))
 
 

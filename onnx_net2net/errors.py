@@ -10,10 +10,12 @@ class Net2NetError(Exception):
 
 
 class VerificationError(Net2NetError):
-    """The rewritten model does not reproduce the original's outputs; carries the report."""
+    """The rewritten model does not reproduce the original's outputs; carries the report (and
+    the unwritten result, so `--json` can still describe what was tried)."""
 
     exit_code = 1
 
-    def __init__(self, message: str, report: object | None = None) -> None:
+    def __init__(self, message: str, report: object | None = None, result: object | None = None) -> None:
         super().__init__(message)
         self.report = report
+        self.result = result

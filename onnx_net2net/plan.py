@@ -4,10 +4,12 @@ before any model is touched."""
 from __future__ import annotations
 
 import json
+import math
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from . import checks
 from .errors import Net2NetError
 from .targets import FACTOR
 
@@ -16,7 +18,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-_TOP_KEYS = {"seed", "step", "steps", "atol", "rtol", "dims"}
+_TOP_KEYS = {"seed", "step", "steps", "atol", "rtol", "dims", "strict"}
 _WIDEN_KEYS = {"widen", "noise", "optional", "seed"}
 _DEEPEN_KEYS = {"deepen", "residual", "kernel", "bn", "optional", "seed"}
 
@@ -42,15 +44,16 @@ class Plan:
     rtol: float | None = None
     dims: dict[str, int] = field(default_factory=dict)
     source: str = "<plan>"
+    strict: bool = False
 
     def to_json(self) -> dict:
-        return {"seed": self.seed, "atol": self.atol, "rtol": self.rtol, "dims": self.dims,
+        return {"seed": self.seed, "atol": self.atol, "rtol": self.rtol, "strict": self.strict, "dims": self.dims,
                 "steps": [asdict(s) for s in self.steps]}
 
     @property
     def verify_options(self) -> dict:
         # One plan serves models with different inputs: dims a model lacks are not an error.
-        return {"atol": self.atol, "rtol": self.rtol, "dims": self.dims, "strict_dims": False}
+        return {"atol": self.atol, "rtol": self.rtol, "dims": self.dims, "strict_dims": False, "strict": self.strict}
 
 
 def load_plan(path: str | Path) -> Plan:
@@ -80,11 +83,16 @@ def parse_plan(data: object, source: str = "<plan>") -> Plan:
     raw_steps = data.get("step", data.get("steps"))
     if not isinstance(raw_steps, list) or not raw_steps:
         raise fail("plan", "needs at least one [[step]]")
-    plan = Plan([], seed=_int(data.get("seed", 0), fail, "plan", "seed"), source=source,
-                atol=_number(data.get("atol"), fail, "plan", "atol"), rtol=_number(data.get("rtol"), fail, "plan", "rtol"))
+    plan = Plan([], seed=_seed(data.get("seed", 0), fail, "plan"), source=source,
+                atol=_number(data.get("atol"), fail, "plan", "atol"), rtol=_number(data.get("rtol"), fail, "plan", "rtol"),
+                strict=_bool(data.get("strict", False), fail, "plan", "strict"))
     dims = data.get("dims", {})
-    if not isinstance(dims, dict) or not all(isinstance(v, int) and not isinstance(v, bool) for v in dims.values()):
+    if not isinstance(dims, dict):
         raise fail("plan", "'dims' must map dim names to integers")
+    for name, value in dims.items():
+        problem = checks.dim_problem(value)
+        if problem:
+            raise fail(f"plan.dims.{name}", problem)
     plan.dims = dict(dims)
     for number, raw in enumerate(raw_steps, start=1):
         plan.steps.append(_parse_step(raw, f"step {number}", fail))
@@ -103,7 +111,7 @@ def _parse_step(raw: object, where: str, fail) -> Step:
     if unknown:
         raise fail(where, f"unknown key '{sorted(unknown)[0]}' for a {kind} step (known: {', '.join(sorted(allowed))})")
     optional = _bool(raw.get("optional", False), fail, where, "optional")
-    seed = None if raw.get("seed") is None else _int(raw["seed"], fail, where, "seed")
+    seed = None if raw.get("seed") is None else _seed(raw["seed"], fail, where)
     if kind == "widen":
         targets = raw["widen"]
         if not isinstance(targets, dict) or not targets:
@@ -145,6 +153,8 @@ def _width_problem(width: int | float | str) -> str | None:
             width = float(match.group(1) or match.group(2))
     if isinstance(width, int) and width < 1:
         return f"width {width} must be positive"
+    if isinstance(width, float) and not math.isfinite(width):
+        return f"factor {width} must be a finite number"
     if isinstance(width, float) and width <= 1:
         return f"factor {width} must be larger than 1"
     return None
@@ -156,11 +166,20 @@ def _int(value, fail, where: str, key: str) -> int:
     return value
 
 
+def _seed(value, fail, where: str) -> int:
+    problem = checks.seed_problem(value)
+    if problem:
+        raise fail(f"{where}.seed", problem)
+    return value
+
+
 def _number(value, fail, where: str, key: str) -> float | None:
+    """Tolerances and noise: finite and >= 0."""
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise fail(f"{where}.{key}", f"{value!r} must be a number")
+    problem = checks.amount_problem(value)
+    if problem:
+        raise fail(f"{where}.{key}", problem)
     return float(value)
 
 

@@ -2,7 +2,24 @@
 
 from __future__ import annotations
 
+import json
+import math
+
 from .verification import Report
+
+
+def json_text(document: dict) -> str:
+    """Strict JSON: non-finite floats (an infinite error, a NaN) become null, since Infinity and
+    NaN are not JSON and break other parsers; allow_nan=False catches any that slip through."""
+    def clean(value):
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [clean(v) for v in value]
+        return value
+    return json.dumps(clean(document), indent=2, allow_nan=False)
 
 
 def _table(rows: list[list[str]], header: list[str]) -> str:
@@ -41,7 +58,9 @@ def format_report(report: Report) -> str:
              f"{c.atol:g}/{c.rtol:g}", "ok" if c.passed else f"MISMATCH{': ' + c.problem if c.problem else ''}"]
             for c in report.outputs]
     text = _table(rows, ["output", "dtype", "shape", "max abs", "max rel", "atol/rtol", "result"])
-    notes = "".join(f"\nnote: {n}" for n in report.notes)
+    rule = ("|a-e| <= atol + rtol*|e| for every element (strict)" if report.strict
+            else "max|a-e| <= atol + rtol*max|e| per output (--strict: element-wise)")
+    notes = "".join(f"\nnote: {n}" for n in [*report.notes, f"passes when {rule}"])
     verdict = "verified: outputs match" if report.passed else "verification FAILED"
     return f"{text}{notes}\n{verdict}"
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import math
 import re
 
 import onnx_graphsurgeon as gs
@@ -122,6 +123,6 @@ def parse_width(spec: int | float | str, current: int, where: str) -> int:
 
 
 def _from_factor(factor: float, current: int, where: str) -> int:
-    if not factor > 0:
-        raise Net2NetError(f"{where}: factor {factor} must be positive")
+    if not (math.isfinite(factor) and factor > 0):
+        raise Net2NetError(f"{where}: factor {factor} must be a finite positive number")
     return int(round(current * factor + 1e-9))

@@ -14,13 +14,16 @@ import onnxruntime as ort
 from onnx import helper
 from onnx.external_data_helper import uses_external_data
 
-from . import upcast
+from . import checks, upcast
 from .errors import Net2NetError, VerificationError
 from .io import PROTOBUF_LIMIT, all_tensors, weights_size, write_with_external_data
 
 DEFAULT_DIM = 1
 DEFAULT_INT_RANGE = (0, 8)
 # (atol, rtol) per output dtype: float32 rewrites only reorder sums, so errors stay near eps.
+# By default an output passes when max|a - e| <= atol + rtol * max|e| over the whole output
+# (rounding grows with the magnitudes summed, not with each element's own value); `strict`
+# asks every element for |a - e| <= atol + rtol * |e| instead (Polygraphy's rule).
 TOLERANCES = {"float64": (1e-9, 1e-9), "float32": (1e-5, 1e-5), "float16": (1e-2, 1e-2), "bfloat16": (5e-2, 5e-2)}
 
 ort.set_default_logger_severity(3)
@@ -44,6 +47,8 @@ class OutputCheck:
     rtol: float
     passed: bool
     problem: str | None = None
+    scale: float = 0.0          # max |expected| over finite entries: what the default rule scales rtol by
+    nonfinite_mismatches: int = 0  # NaN or inf in one output where the other differs
 
 
 @dataclass
@@ -54,6 +59,7 @@ class Report:
     outputs: list[OutputCheck]
     inputs: dict[str, dict] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    strict: bool = False        # element-wise tolerances instead of scaling rtol by the output's magnitude
 
     def to_json(self) -> dict:
         return {"schema": 1, **asdict(self)}
@@ -166,10 +172,36 @@ def load_inputs(path: str | os.PathLike) -> dict[str, np.ndarray]:
         raise Net2NetError(f"{path}: cannot read inputs ({exc})") from exc
 
 
+OPTIONS = {"feeds", "dims", "seed", "atol", "rtol", "int_range", "strict_dims", "strict"}
+
+
+def check_options(options: dict) -> None:
+    """Refuse bad verification options before any work: unknown names, negative seeds, NaN or
+    negative tolerances, dims below 1, empty integer ranges."""
+    unknown = sorted(set(options) - OPTIONS)
+    if unknown:
+        raise Net2NetError(f"unknown verification option '{unknown[0]}' (known: {', '.join(sorted(OPTIONS))})")
+    checks.require(checks.seed_problem(options.get("seed", 0)), "seed")
+    for name in ("atol", "rtol"):
+        if options.get(name) is not None:
+            checks.require(checks.amount_problem(options[name]), name)
+    dims = options.get("dims") or {}
+    if not isinstance(dims, dict):
+        raise Net2NetError(f"dims: {dims!r} must map dim names to sizes")
+    for name, value in dims.items():
+        checks.require(checks.dim_problem(value), f"dim '{name}'")
+    int_range = options.get("int_range")
+    if int_range is not None and not (len(int_range) == 2 and all(isinstance(v, int) for v in int_range)
+                                      and int_range[0] < int_range[1]):
+        raise Net2NetError(f"int_range: {tuple(int_range)} must be two integers LOW < HIGH")
+
+
 def compare(original: onnx.ModelProto, rewritten: onnx.ModelProto, feeds: dict[str, np.ndarray] | None = None,
             dims: dict[str, int] | None = None, seed: int = 0, atol: float | None = None,
-            rtol: float | None = None, int_range: tuple[int, int] | None = None, strict_dims: bool = True) -> Report:
+            rtol: float | None = None, int_range: tuple[int, int] | None = None, strict_dims: bool = True,
+            strict: bool = False) -> Report:
     """Run both models on the same inputs and check names, dtypes, shapes and values."""
+    check_options({"dims": dims, "seed": seed, "atol": atol, "rtol": rtol, "int_range": int_range})
     notes: list[str] = []
     if feeds is None:
         feeds = make_inputs(original, dims, seed, int_range, notes, strict_dims)
@@ -178,15 +210,15 @@ def compare(original: onnx.ModelProto, rewritten: onnx.ModelProto, feeds: dict[s
     if expected_names != actual_names:
         check = OutputCheck("<outputs>", "", [], float("inf"), float("inf"), 0, 0, False,
                             f"output names differ: {expected_names} vs {actual_names}")
-        return Report(False, [check], notes=notes)
+        return Report(False, [check], notes=notes, strict=strict)
     missing = [vi.name for vi in _runtime_inputs(original) if vi.name not in feeds]
     if missing:
         raise Net2NetError(f"inputs missing for {', '.join(missing)}")
     run_feeds = {k: v for k, v in feeds.items() if k in {vi.name for vi in _runtime_inputs(original)}}
-    checks = compare_outputs(expected_names, run(original, run_feeds, notes),
-                             run(rewritten, run_feeds, notes, rewritten=True), atol, rtol)
+    results = compare_outputs(expected_names, run(original, run_feeds, notes),
+                              run(rewritten, run_feeds, notes, rewritten=True), atol, rtol, strict)
     inputs = {k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in run_feeds.items()}
-    return Report(all(c.passed for c in checks), checks, inputs, notes)
+    return Report(all(c.passed for c in results), results, inputs, notes, strict)
 
 
 def run(model: onnx.ModelProto, feeds: dict[str, np.ndarray], notes: list[str] | None = None,
@@ -226,11 +258,12 @@ def run(model: onnx.ModelProto, feeds: dict[str, np.ndarray], notes: list[str] |
 
 
 def compare_outputs(names: list[str], expected: list[np.ndarray], actual: list[np.ndarray],
-                    atol: float | None = None, rtol: float | None = None) -> list[OutputCheck]:
-    return [_check(name, e, a, atol, rtol) for name, e, a in zip(names, expected, actual)]
+                    atol: float | None = None, rtol: float | None = None, strict: bool = False) -> list[OutputCheck]:
+    return [_check(name, e, a, atol, rtol, strict) for name, e, a in zip(names, expected, actual)]
 
 
-def _check(name: str, expected: np.ndarray, actual: np.ndarray, atol: float | None, rtol: float | None) -> OutputCheck:
+def _check(name: str, expected: np.ndarray, actual: np.ndarray, atol: float | None, rtol: float | None,
+           strict: bool = False) -> OutputCheck:
     expected, actual = np.asarray(expected), np.asarray(actual)
     default_atol, default_rtol = TOLERANCES.get(expected.dtype.name, (0.0, 0.0))
     atol = default_atol if atol is None else atol
@@ -241,15 +274,35 @@ def _check(name: str, expected: np.ndarray, actual: np.ndarray, atol: float | No
     if expected.shape != actual.shape:
         return _failed(base, f"shape {list(actual.shape)} instead of {list(expected.shape)}")
     if expected.size == 0:
+        base.passed = False  # a comparison of nothing proves nothing
+        base.problem = "empty output, nothing compared (give inputs or --dim sizes that make it non-empty)"
         return base
     if not (np.issubdtype(expected.dtype, np.number) or expected.dtype.name == "bfloat16"):
         base.passed = bool(np.array_equal(expected, actual))
         return base
     e, a = expected.astype(np.float64), actual.astype(np.float64)
-    diff = np.where(np.isnan(e) & np.isnan(a), 0.0, np.abs(a - e))  # NaN where NaN is expected is a match
-    base.max_abs = float(np.max(diff))
-    base.max_rel = float(np.max(diff / np.maximum(np.abs(e), np.finfo(np.float32).tiny)))
-    base.passed = bool(np.all(diff <= atol + rtol * np.abs(e)))
+    finite = np.isfinite(e) & np.isfinite(a)
+    # NaN where NaN is expected, or the same infinity in the same place, computes the same function.
+    same_special = (np.isnan(e) & np.isnan(a)) | (np.isinf(e) & (e == a))
+    base.nonfinite_mismatches = int(np.count_nonzero(~finite & ~same_special))
+    e, a = e[finite], a[finite]
+    tiny = float(np.finfo(np.float32).tiny)
+    within = True
+    with np.errstate(over="ignore", invalid="ignore"):  # float64 extremes may differ by more than the max
+        diff, magnitude = np.abs(a - e), np.abs(e)
+        base.scale = float(magnitude.max()) if e.size else 0.0
+        if diff.size and strict:
+            base.max_abs = float(diff.max())
+            base.max_rel = float(np.max(diff / np.maximum(magnitude, tiny)))
+            within = bool(np.all(diff <= atol + rtol * magnitude))
+        elif diff.size:
+            base.max_abs = float(diff.max())
+            base.max_rel = base.max_abs / max(base.scale, tiny)
+            within = base.max_abs <= atol + rtol * base.scale
+    base.passed = within and base.nonfinite_mismatches == 0
+    if base.nonfinite_mismatches:
+        count = base.nonfinite_mismatches
+        base.problem = f"{count} NaN/inf value{'s' if count > 1 else ''} not matched by the other model"
     return base
 
 

@@ -24,7 +24,7 @@ class Widening:
     targets: list[str]
 
 
-def resolve(analysis: Analysis, requests: dict[str, int | float | str],
+def resolve(analysis: Analysis, requests: dict[str, int | float | str] | list[tuple[str, int | float | str]],
             widen_all: int | float | str | None = None, optional: bool = False) -> list[Widening]:
     """Map user targets (node, weight or module name, group id, or a glob pattern over those)
     to groups and new widths.
@@ -41,7 +41,7 @@ def resolve(analysis: Analysis, requests: dict[str, int | float | str],
     groups = {g.root: g for g in analysis.groups}
 
     chosen: dict[int, Widening] = {}
-    for target, spec in requests.items():
+    for target, spec in (requests.items() if isinstance(requests, dict) else requests):
         for group in _lookup(target, index, groups, optional):
             width = _width_for(spec, group, f"target '{target}' ({group.id})")
             if group.uniform and width % group.width:
@@ -52,12 +52,13 @@ def resolve(analysis: Analysis, requests: dict[str, int | float | str],
                                    f"{group.partitions} (grouped convolution)")
             previous = chosen.get(group.root)
             if previous is not None and previous.new != width:
-                raise Net2NetError(f"targets '{previous.targets[0]}' and '{target}' are in the same group "
-                                   f"{group.id} but ask for different widths ({previous.new} and {width})")
-            if previous is not None:
-                previous.targets.append(target)
-            else:
+                what = (f"target '{target}' is given twice with" if target in previous.targets else
+                        f"targets '{previous.targets[0]}' and '{target}' are in the same group {group.id} but ask for")
+                raise Net2NetError(f"{what} different widths ({previous.new} and {width})")
+            if previous is None:
                 chosen[group.root] = Widening(group, group.width, width, [target])
+            elif target not in previous.targets:
+                previous.targets.append(target)
     if widen_all is not None:
         for group in analysis.groups:
             if group.root in chosen or not group.widenable:

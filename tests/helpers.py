@@ -35,7 +35,7 @@ def widen_checked(model: onnx.ModelProto, targets: dict, rtol: float = 1e-5, ato
     """Widen, check the result is a valid model, and assert it computes the same outputs."""
     wide = n2n.widen(model, targets, verify=False, **kw)
     onnx.checker.check_model(wide, full_check=True)
-    report = compare(model, wide, atol=atol, rtol=rtol)
+    report = compare(model, wide, atol=atol, rtol=rtol, strict=True)
     assert report.passed, report
     for check in report.outputs:
         assert check.max_abs <= atol + rtol * 10, check

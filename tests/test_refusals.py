@@ -125,5 +125,7 @@ def test_quantized_weights_are_not_folded_into_floats():
     assert producers == ["MatMul->y"]  # the dequantized MatMul has no constant weight to widen
     with pytest.raises(n2n.Net2NetError, match="unknown target 'q1'"):
         n2n.widen(model, {"q1": 8})
-    result = n2n.widen_model(model, {}, widen_all="x2")
+    with pytest.raises(n2n.Net2NetError, match="nothing to widen: no width group can grow by x2"):
+        n2n.widen_model(model, {}, widen_all="x2")
+    result = n2n.widen_model(model, {}, widen_all="x2", optional=True)  # a plan's optional step
     assert result.widened == [] and any(n.op_type == "DequantizeLinear" for n in result.model.graph.node)

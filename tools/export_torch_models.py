@@ -340,6 +340,243 @@ class EfficientNet(nn.Module):
         return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
 
 
+def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """ShuffleNet's shuffle as the papers' code writes it: view, transpose, view."""
+    batch, channels, height, width = x.size()
+    x = x.view(batch, groups, channels // groups, height, width)
+    x = torch.transpose(x, 1, 2).contiguous()
+    return x.view(batch, channels, height, width)
+
+
+class GhostModule(nn.Module):
+    """Half the output from a primary 1x1 conv, half from a cheap depthwise conv on it; Concat."""
+
+    def __init__(self, cin: int, cout: int, relu: bool = True) -> None:
+        super().__init__()
+        self.cout = cout
+        init = (cout + 1) // 2
+        act: type[nn.Module] = nn.ReLU if relu else nn.Identity
+        self.primary_conv = nn.Sequential(nn.Conv2d(cin, init, 1, bias=False), nn.BatchNorm2d(init), act())
+        self.cheap_operation = nn.Sequential(
+            nn.Conv2d(init, init, 3, padding=1, groups=init, bias=False), nn.BatchNorm2d(init), act())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x1 = self.primary_conv(x)
+        x2 = self.cheap_operation(x1)
+        return torch.cat([x1, x2], dim=1)[:, :self.cout]
+
+
+class GhostSE(nn.Module):
+    """GhostNet's squeeze-excitation: pool, 1x1 reduce, ReLU, 1x1 expand, hard sigmoid gate."""
+
+    def __init__(self, channels: int, reduced: int) -> None:
+        super().__init__()
+        self.conv_reduce = nn.Conv2d(channels, reduced, 1)
+        self.conv_expand = nn.Conv2d(reduced, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = F.adaptive_avg_pool2d(x, 1)
+        s = self.conv_expand(F.relu(self.conv_reduce(s)))
+        return x * F.hardsigmoid(s)
+
+
+class GhostBottleneck(nn.Module):
+    def __init__(self, channels: int, hidden: int) -> None:
+        super().__init__()
+        self.ghost1 = GhostModule(channels, hidden)
+        self.se = GhostSE(hidden, hidden // 4)
+        self.ghost2 = GhostModule(hidden, channels, relu=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.ghost2(self.se(self.ghost1(x)))
+
+
+class GhostNet(nn.Module):
+    """Input [batch, 3, 16, 16]: stem 3->8 stride 2, two ghost bottlenecks (8->16->8), head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv_stem = conv_bn_act(3, 8, 3, stride=2, act=nn.ReLU)
+        self.blocks = nn.Sequential(GhostBottleneck(8, 16), GhostBottleneck(8, 16))
+        self.conv_head = nn.Conv2d(8, 32, 1)
+        self.classifier = nn.Linear(32, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.blocks(self.conv_stem(x))
+        x = F.relu(self.conv_head(F.adaptive_avg_pool2d(x, 1)))
+        return self.classifier(torch.flatten(x, 1))
+
+
+class ShuffleV1Unit(nn.Module):
+    """Grouped 1x1, channel shuffle, depthwise 3x3, grouped 1x1; Add (stride 1) or Concat with
+    the average-pooled input (stride 2)."""
+
+    def __init__(self, cin: int, cout: int, stride: int, groups: int = 2) -> None:
+        super().__init__()
+        self.stride, self.groups = stride, groups
+        branch = cout - cin if stride == 2 else cout
+        mid = branch // 2
+        self.gconv1 = nn.Conv2d(cin, mid, 1, groups=groups, bias=False)
+        self.bn1 = nn.BatchNorm2d(mid)
+        self.dwconv = nn.Conv2d(mid, mid, 3, stride=stride, padding=1, groups=mid, bias=False)
+        self.bn2 = nn.BatchNorm2d(mid)
+        self.gconv2 = nn.Conv2d(mid, branch, 1, groups=groups, bias=False)
+        self.bn3 = nn.BatchNorm2d(branch)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.gconv1(x)))
+        out = channel_shuffle(out, self.groups)
+        out = self.bn2(self.dwconv(out))
+        out = self.bn3(self.gconv2(out))
+        if self.stride == 2:
+            return F.relu(torch.cat([F.avg_pool2d(x, 3, stride=2, padding=1), out], 1))
+        return F.relu(x + out)
+
+
+class ShuffleNetV1(nn.Module):
+    """Input [batch, 3, 16, 16]: stem 3->8, a stride-2 unit 8->16 (Concat), a stride-1 unit (Add)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = conv_bn_act(3, 8, 3, stride=2, act=nn.ReLU)
+        self.stage2 = nn.Sequential(ShuffleV1Unit(8, 16, stride=2), ShuffleV1Unit(16, 16, stride=1))
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stage2(self.conv1(x))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+class ShuffleV2Unit(nn.Module):
+    """torchvision's ShuffleNetV2 InvertedResidual: stride 1 splits the channels in two (chunk)
+    and transforms one half; stride 2 transforms both copies; Concat, then shuffle by 2."""
+
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.stride = stride
+        half = cout // 2
+        if stride > 1:
+            self.branch1 = nn.Sequential(
+                nn.Conv2d(cin, cin, 3, stride=stride, padding=1, groups=cin, bias=False),
+                nn.BatchNorm2d(cin),
+                nn.Conv2d(cin, half, 1, bias=False), nn.BatchNorm2d(half), nn.ReLU())
+        self.branch2 = nn.Sequential(
+            nn.Conv2d(cin if stride > 1 else half, half, 1, bias=False), nn.BatchNorm2d(half), nn.ReLU(),
+            nn.Conv2d(half, half, 3, stride=stride, padding=1, groups=half, bias=False), nn.BatchNorm2d(half),
+            nn.Conv2d(half, half, 1, bias=False), nn.BatchNorm2d(half), nn.ReLU())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stride == 1:
+            x1, x2 = x.chunk(2, dim=1)
+            out = torch.cat((x1, self.branch2(x2)), dim=1)
+        else:
+            out = torch.cat((self.branch1(x), self.branch2(x)), dim=1)
+        return channel_shuffle(out, 2)
+
+
+class ShuffleNetV2(nn.Module):
+    """Input [batch, 3, 16, 16]: stem 3->8, units 8->16 (stride 2) and 16->16, conv5 16->32, fc."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = conv_bn_act(3, 8, 3, stride=2, act=nn.ReLU)
+        self.stage2 = nn.Sequential(ShuffleV2Unit(8, 16, stride=2), ShuffleV2Unit(16, 16, stride=1))
+        self.conv5 = conv_bn_act(16, 32, 1, act=nn.ReLU)
+        self.fc = nn.Linear(32, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv5(self.stage2(self.conv1(x)))
+        return self.fc(x.mean([2, 3]))
+
+
+class LayerNorm2d(nn.Module):
+    """ConvNeXt's channels-first LayerNorm, written out: mean and variance over axis 1."""
+
+    def __init__(self, channels: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(channels).uniform_(0.5, 1.5))
+        self.bias = nn.Parameter(torch.randn(channels) * 0.1)
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        u = x.mean(1, keepdim=True)
+        s = (x - u).pow(2).mean(1, keepdim=True)
+        x = (x - u) / torch.sqrt(s + self.eps)
+        return self.weight[:, None, None] * x + self.bias[:, None, None]
+
+
+class ConvNeXtBlock(nn.Module):
+    """Depthwise 7x7, channels-last LayerNorm (permute, LayerNorm, Linear 4x, GELU, Linear),
+    layer scale, permute back, residual."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.dwconv = nn.Conv2d(dim, dim, 7, padding=3, groups=dim)
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.pwconv1 = nn.Linear(dim, 4 * dim)
+        self.act = nn.GELU()
+        self.pwconv2 = nn.Linear(4 * dim, dim)
+        self.gamma = nn.Parameter(torch.empty(dim).uniform_(0.5, 1.5))  # non-trivial layer scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.dwconv(x).permute(0, 2, 3, 1)
+        y = self.pwconv2(self.act(self.pwconv1(self.norm(y))))
+        return x + (self.gamma * y).permute(0, 3, 1, 2)
+
+
+class ConvNeXt(nn.Module):
+    """Input [batch, 3, 16, 16]: patchify stem 4x4/4 to 16 channels, channels-first LayerNorm,
+    two blocks, global average pool, LayerNorm, head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 4, stride=4), LayerNorm2d(16))
+        self.stages = nn.Sequential(ConvNeXtBlock(16), ConvNeXtBlock(16))
+        self.norm = nn.LayerNorm(16, eps=1e-6)
+        self.head = nn.Linear(16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stages(self.stem(x))
+        return self.head(self.norm(x.mean([-2, -1])))
+
+
+class MixerBlock(nn.Module):
+    """Token mixing (an MLP over the patch axis, after a transpose), then channel mixing; both
+    pre-norm with residuals."""
+
+    def __init__(self, tokens: int, channels: int, token_hidden: int, channel_hidden: int) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(channels)
+        self.token_fc1 = nn.Linear(tokens, token_hidden)
+        self.token_fc2 = nn.Linear(token_hidden, tokens)
+        self.norm2 = nn.LayerNorm(channels)
+        self.channel_fc1 = nn.Linear(channels, channel_hidden)
+        self.channel_fc2 = nn.Linear(channel_hidden, channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.norm1(x).transpose(1, 2)
+        y = self.token_fc2(F.gelu(self.token_fc1(y)))
+        x = x + y.transpose(1, 2)
+        return x + self.channel_fc2(F.gelu(self.channel_fc1(self.norm2(x))))
+
+
+class MLPMixer(nn.Module):
+    """Input [batch, 3, 16, 16]: 4x4 patches (16 tokens) embedded to 24 channels, two mixer
+    blocks, LayerNorm, mean over tokens, head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 24, 4, stride=4)
+        self.blocks = nn.Sequential(MixerBlock(16, 24, 32, 48), MixerBlock(16, 24, 32, 48))
+        self.norm = nn.LayerNorm(24)
+        self.head = nn.Linear(24, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x).flatten(2).transpose(1, 2)
+        x = self.norm(self.blocks(x))
+        return self.head(x.mean(dim=1))
+
+
 # name -> (constructor, example input shape with batch first, names of dynamic axes)
 MODELS: dict[str, tuple[type[nn.Module], tuple[int, ...], dict[int, str]]] = {
     "mlp": (MLP, (2, 16), {0: "batch"}),
@@ -353,6 +590,11 @@ MODELS: dict[str, tuple[type[nn.Module], tuple[int, ...], dict[int, str]]] = {
     "transformer_gelu": (TransformerGelu, (2, 5, 16), {0: "batch", 1: "seq"}),
     "mobilenetv2": (MobileNetV2, (2, 3, 16, 16), {0: "batch"}),
     "efficientnet": (EfficientNet, (2, 3, 16, 16), {0: "batch"}),
+    "ghostnet": (GhostNet, (2, 3, 16, 16), {0: "batch"}),
+    "shufflenet_v1": (ShuffleNetV1, (2, 3, 16, 16), {0: "batch"}),
+    "shufflenet_v2": (ShuffleNetV2, (2, 3, 16, 16), {0: "batch"}),
+    "convnext": (ConvNeXt, (2, 3, 16, 16), {0: "batch"}),
+    "mixer": (MLPMixer, (2, 3, 16, 16), {0: "batch"}),
 }
 
 # Also written as the dynamo exporter's raw output (optimize=False, `torch_<name>_noopt_dynamo.onnx`):
