@@ -80,10 +80,10 @@ def _kind(group: Group) -> str:
     one normalized and fed by several layers), 'heads' (units moving as attention heads),
     'ffn' (the inner width of a linear block), 'channels' (convolutions), else 'units'."""
     ops = {node.op for node in group.producers}
+    if group.grain > 1:
+        return "heads"  # T5's relative position table joins its heads: still heads
     if "Gather" in ops or group.uniform and len(group.producers) > 1:
         return "hidden"
-    if group.grain > 1:
-        return "heads"
     if ops <= {"MatMul", "Gemm"} and group.consumers:
         return "ffn"
     if ops <= {"Conv", "ConvTranspose"}:

@@ -3,9 +3,10 @@ LLaMA, T5 encoder, ViT; tools/export_transformer_models.py) and CNNs with split,
 normalized channels (GhostNet, ShuffleNet v1/v2, ConvNeXt, MLP-Mixer;
 tools/export_torch_models.py), each from both torch exporters.
 
-Group counts are not pinned here: they grow as the analysis learns these architectures.
-What must hold now: every model loads, is analysed and runs, and every widening `inspect`
-offers (each group alone, and all at once) reproduces the original's outputs.
+Per model, the groups found, widenable, and widenable by kind are pinned (legacy and dynamo
+exports agree), so coverage cannot silently drop; every model loads, is analysed and runs,
+and every widening `inspect` offers (each group alone, and all at once) reproduces the
+original's outputs. The transformers' only blocked group is their output (logits).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import pytest
 
 import onnx_net2net as n2n
 from onnx_net2net.verification import compare, run
-from test_exported_models import EXPECTED
+from test_exported_models import EXPECTED, pinned_as
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
 CNNS = ["ghostnet", "shufflenet_v1", "shufflenet_v2", "convnext", "mixer"]
@@ -27,6 +28,17 @@ NEW = sorted([p.stem for p in MODELS.glob("hf_*.onnx")]
 DIMS = {"batch": 2, "seq": 5}
 VOCAB = 64           # tools/export_transformer_models.py: every text model's vocabulary
 TOKEN_TYPES = 2      # BERT's type_vocab_size
+
+
+TRANSFORMER = {"hidden": 1, "heads": 2, "ffn": 2}
+PINNED = {  # groups, widenable, widenable per kind
+    "hf_bert": (6, 5, TRANSFORMER), "hf_gpt2": (6, 5, TRANSFORMER), "hf_gpt2_tied": (6, 5, TRANSFORMER),
+    "hf_llama": (6, 5, TRANSFORMER), "hf_vit": (6, 5, TRANSFORMER),
+    "hf_t5_encoder": (5, 4, {"hidden": 1, "heads": 1, "ffn": 2}),  # one head mapping: a shared position table
+    "torch_convnext": (4, 3, {"hidden": 1, "ffn": 2}),
+    "torch_ghostnet": (11, 3, {"channels": 3}), "torch_shufflenet_v1": (6, 0, {}),
+    "torch_shufflenet_v2": (8, 4, {"channels": 4}), "torch_mixer": (8, 2, {"ffn": 2}),
+}
 
 
 def feeds(model: onnx.ModelProto, seed: int = 0) -> dict[str, np.ndarray]:
@@ -74,8 +86,27 @@ def widen_verified(model: onnx.ModelProto, inputs: dict, targets: dict, **kw) ->
 def test_every_model_is_pinned_or_new():
     """A model under models/ is either pinned in test_exported_models.py or tested here."""
     for path in MODELS.glob("*.onnx"):
-        assert path.stem in NEW or path.stem.removesuffix("_dynamo") in EXPECTED, path.name
+        assert path.stem in NEW or pinned_as(path.stem) in EXPECTED, path.name
     assert set(NEW) <= {p.stem for p in MODELS.glob("*.onnx")}
+
+
+def test_counts_are_pinned(exported):
+    name, _, _, inspection = exported
+    kinds: dict[str, int] = {}
+    for group in inspection.groups:
+        if group["widenable"]:
+            kinds[group["kind"]] = kinds.get(group["kind"], 0) + 1
+    counts = (len(inspection.groups), sum(g["widenable"] for g in inspection.groups), kinds)
+    assert counts == PINNED[name.removesuffix("_dynamo")], name
+
+
+def test_normalized_streams_refuse_fractional_factors_naming_the_norm(exported):
+    name, model, _, inspection = exported
+    for group in inspection.groups:
+        if group["widenable"] and group["mapping"] == "uniform":
+            with pytest.raises(n2n.Net2NetError, match=r"integer factor") as info:
+                n2n.widen(model, {group["id"]: "x1.5"}, verify=False)
+            assert "Normalization" in str(info.value) or "ReduceMean" in str(info.value), name
 
 
 def test_analysis_succeeds(exported):
@@ -99,6 +130,10 @@ def test_each_widenable_group_widens_alone(exported):
 
 def test_all_widenable_groups_widen_together(exported):
     name, model, inputs, inspection = exported
+    if not any(g["widenable"] for g in inspection.groups):
+        with pytest.raises(n2n.Net2NetError, match="nothing to widen"):
+            n2n.widen(model, {}, verify=False, widen_all="x2")
+        return
     wide = widen_verified(model, inputs, {}, widen_all="x2")
     grew = n2n.inspect(wide).parameters > inspection.parameters
     assert grew == any(g["widenable"] for g in inspection.groups), name

@@ -18,6 +18,9 @@ Every file is then checked: onnx.checker (full_check), run in onnxruntime and co
 torch on the export example and, where an axis is declared dynamic, on a second batch and
 sequence length; the max abs difference is printed and the run fails above 1e-4.
 
+Task heads (token classification for BERT and T5, image classification for ViT) keep the hidden
+stream internal, as in a model being trained further.
+
 Dynamic axes: batch and sequence for the text models, batch for ViT (its image size is fixed
 by the position table). Both exporters keep all of them dynamic (checked at a second size).
 
@@ -77,11 +80,12 @@ def _gpt2() -> nn.Module:
 
 
 def _bert() -> nn.Module:
-    from transformers import BertConfig, BertModel
+    from transformers import BertConfig, BertForTokenClassification
 
     config = BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-                        vocab_size=VOCAB, max_position_embeddings=32, type_vocab_size=2, pad_token_id=0)
-    return BertModel(config)
+                        vocab_size=VOCAB, max_position_embeddings=32, type_vocab_size=2, pad_token_id=0,
+                        num_labels=3)
+    return BertForTokenClassification(config)
 
 
 def _llama() -> nn.Module:
@@ -94,20 +98,21 @@ def _llama() -> nn.Module:
 
 
 def _t5() -> nn.Module:
-    from transformers import T5Config, T5EncoderModel
+    from transformers import T5Config, T5ForTokenClassification
 
     config = T5Config(d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4, vocab_size=VOCAB,
                       relative_attention_num_buckets=8, relative_attention_max_distance=16,
-                      dropout_rate=0.0, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
-    return T5EncoderModel(config)
+                      dropout_rate=0.0, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
+                      num_labels=3, classifier_dropout=0.0)
+    return T5ForTokenClassification(config)
 
 
 def _vit() -> nn.Module:
-    from transformers import ViTConfig, ViTModel
+    from transformers import ViTConfig, ViTForImageClassification
 
     config = ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-                       image_size=32, patch_size=8, num_channels=3)
-    return ViTModel(config)
+                       image_size=32, patch_size=8, num_channels=3, num_labels=3)
+    return ViTForImageClassification(config)
 
 
 def _ids(batch: int, seq: int) -> torch.Tensor:
@@ -129,14 +134,13 @@ SPECS: dict[str, Spec] = {
                  {"input_ids": TEXT, "attention_mask": TEXT}),
     "bert": Spec(_bert, lambda b, s: {"input_ids": _ids(b, s), "attention_mask": _mask(b, s),
                                       "token_type_ids": (torch.arange(s) >= s // 2).long().expand(b, s)},
-                 ["last_hidden_state", "pooler_output"],
-                 {"input_ids": TEXT, "attention_mask": TEXT, "token_type_ids": TEXT}),
+                 ["logits"], {"input_ids": TEXT, "attention_mask": TEXT, "token_type_ids": TEXT}),
     "llama": Spec(_llama, lambda b, s: {"input_ids": _ids(b, s), "attention_mask": _mask(b, s)}, ["logits"],
                   {"input_ids": TEXT, "attention_mask": TEXT}),
     "t5_encoder": Spec(_t5, lambda b, s: {"input_ids": _ids(b, s), "attention_mask": _mask(b, s)},
-                       ["last_hidden_state"], {"input_ids": TEXT, "attention_mask": TEXT}),
+                       ["logits"], {"input_ids": TEXT, "attention_mask": TEXT}),
     "vit": Spec(_vit, lambda b, s: {"pixel_values": torch.randn(b, 3, 32, 32)},
-                ["last_hidden_state", "pooler_output"], {"pixel_values": {0: "batch"}}),
+                ["logits"], {"pixel_values": {0: "batch"}}),
 }
 
 # LM heads that share the token embedding (see the module docstring)
