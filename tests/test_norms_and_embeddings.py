@@ -336,3 +336,33 @@ def test_kind_labels_name_every_group_of_that_kind():
     assert initializer(wide, "W1").shape == (16, 24)
     with pytest.raises(n2n.Net2NetError, match="'heads' names no widenable group"):
         n2n.widen(model, {"heads": "x2"}, verify=False)
+
+
+def test_group_norm_widens_uniformly_inside_each_group():
+    per = 8  # opset 21: scale and bias per channel
+    model = build('<ir_version: 10, opset_import: ["" : 21]>' + """
+    g (float[1, 3, 4, 4] x) => (float[1, 2, 4, 4] y) {
+        a = Conv(x, Wa)
+        n = GroupNormalization<num_groups=2>(a, s, b)
+        r = Relu(n)
+        y = Conv(r, Wc)
+    }""", {"Wa": (8, 3, 1, 1), "s": (per,), "b": (per,), "Wc": (2, 8, 1, 1)})
+    group = group_of(model, "Conv->a")
+    assert group["widenable"] and group["mapping"] == "uniform"
+    widen_checked(model, {"Wa": "x2"})
+    widen_checked(model, {"Wa": "x3"})
+
+
+def test_units_on_the_rows_of_a_matmul_pass_through():
+    """MLP-Mixer's token mixing: channels sit on the rows while a MatMul mixes the tokens."""
+    model = build(HEAD + """
+    g (float[2, 5, 8] x) => (float[2, 5, 3] y) {
+        h = MatMul(x, W)
+        t = Transpose<perm=[0, 2, 1]>(h)
+        m = MatMul(t, T)
+        u = Transpose<perm=[0, 2, 1]>(m)
+        s = Add(h, u)
+        y = MatMul(s, Wh)
+    }""", {"W": (8, 6), "T": (5, 5), "Wh": (6, 3)})
+    assert group_of(model, "MatMul->h")["widenable"]
+    widen_checked(model, {"W": 9})

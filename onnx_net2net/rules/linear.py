@@ -112,11 +112,18 @@ def gemm(analysis: Analysis, node: gs.Node, ins: list[Layout | None]) -> list[La
         return [None]
     trans_a, trans_b = int(G.attr(node, "transA", 0)), int(G.attr(node, "transB", 0))
     a = ins[0]
+    if a is not None and a.axis != (0 if trans_a else 1):
+        # units on the rows: each row is multiplied on its own, so they pass through
+        rows = a.moved(0, 2)
+        bias = node.inputs[2] if len(node.inputs) > 2 and not G.is_empty(node.inputs[2]) else None
+        if bias is not None and len(bias.shape) == 2 and int(bias.shape[0]) != 1:
+            if not G.is_constant(bias) or int(bias.shape[0]) != rows.size:
+                analysis.block(a, node, "Gemm's C has its own rows")
+                return [None]
+            analysis.effect("replicate", node, 2, 0, rows)
+        return [rows]
     if a is not None:
-        if a.axis != (0 if trans_a else 1):
-            analysis.block(a, node, "units are on Gemm's row axis, not the contracted one")
-        else:
-            analysis.effect("contract", node, 1, 1 if trans_b else 0, a.moved(1 if trans_b else 0, 2))
+        analysis.effect("contract", node, 1, 1 if trans_b else 0, a.moved(1 if trans_b else 0, 2))
     return [_produce(analysis, node, weight[0] if trans_b else weight[1], 1, 2, 0 if trans_b else 1, 2)]
 
 
@@ -128,10 +135,19 @@ def matmul(analysis: Analysis, node: gs.Node, ins: list[Layout | None]) -> list[
     b_shape = tuple(int(d) for d in b_tensor.shape)
     a = ins[0]
     out_rank = G.rank(node.outputs[0])
-    if a is not None:
-        if a.axis != a.rank - 1 or len(b_shape) < 1:
-            analysis.block(a, node, "units are on MatMul's row or batch axes, not the contracted one")
+    if a is not None and a.axis != a.rank - 1:
+        # units on the rows or a batch axis (an MLP-Mixer's channels while it mixes tokens):
+        # rows are multiplied on their own, so the units pass through
+        if out_rank is None or len(b_shape) < 1:
+            analysis.block(a, node, "MatMul with an output of unknown rank")
             return [None]
+        axis = a.axis + out_rank - a.rank
+        weight_axis = axis - (out_rank - len(b_shape))
+        if len(b_shape) > 2 and weight_axis >= 0 and b_shape[weight_axis] != 1:
+            analysis.block(a, node, "a batched weight varies along the unit axis")
+            return [None]
+        return [a.moved(axis, out_rank)]
+    if a is not None:
         axis = 0 if len(b_shape) == 1 else len(b_shape) - 2
         analysis.effect("contract", node, 1, axis, a.moved(axis, len(b_shape)))
     if len(b_shape) < 2 or out_rank is None:

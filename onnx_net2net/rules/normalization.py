@@ -72,7 +72,33 @@ def layer_norm(analysis: Analysis, node: gs.Node, ins: list[Layout | None]) -> l
     return [x] + [None] * (len(node.outputs) - 1)
 
 
-def_blocker("GroupNormalization", reason="normalizes over groups of units (duplicated units change the statistics)")
+@register("GroupNormalization")
+def group_norm(analysis: Analysis, node: gs.Node, ins: list[Layout | None]) -> list[Layout | None]:
+    """Statistics per group of channels: exact when every channel is copied equally often
+    inside its own group, so the group takes a uniform mapping within `num_groups` partitions;
+    per-channel scale and bias (opset 21) are replicated, per-group ones (opset 18) stay."""
+    x = ins[0]
+    if x is None or any(ins[1:]):
+        analysis.block(ins, node, "normalizes with parameters from widened activations")
+        return [None]
+    if x.axis != 1:
+        analysis.block(x, node, "units are not on the channel axis")
+        return [None]
+    groups = int(G.attr(node, "num_groups", 1))
+    if not analysis.require_partitions(x, groups, node) or not analysis.normalized_over(x, node, "normalizes groups"):
+        return [None]
+    for slot in (1, 2):
+        tensor = node.inputs[slot] if slot < len(node.inputs) else None
+        if tensor is None or G.is_empty(tensor):
+            continue
+        if not G.is_constant(tensor):
+            analysis.block(x, node, f"parameter '{tensor.name}' is not constant")
+            return [None]
+        if G.opset(analysis.graph) >= 21:  # per channel; before, per group
+            analysis.effect("replicate", node, slot, 0, x.moved(0, 1))
+    return [x]
+
+
 def_blocker("MeanVarianceNormalization", reason="normalizes over the units' axes")
 
 
