@@ -152,7 +152,10 @@ def make_inputs(model: onnx.ModelProto, dims: dict[str, int] | None = None, seed
         elif dtype == np.bool_:
             feeds[vi.name] = rng.random(shape) < 0.5
         elif np.issubdtype(dtype, np.integer):
-            feeds[vi.name] = rng.integers(low, high, size=shape).astype(dtype)
+            top = high if int_range else min(high, _table_rows(model, vi.name) or high)
+            if top < high and notes is not None:
+                notes.append(f"'{vi.name}' indexes a table of {top} rows: drawn from [{low}, {top})")
+            feeds[vi.name] = rng.integers(low, max(top, low + 1), size=shape).astype(dtype)
         else:
             raise Net2NetError(f"input '{vi.name}' has dtype {dtype}; give inputs with --inputs FILE.npz")
     unknown = sorted(set(dims) - known)
@@ -162,6 +165,27 @@ def make_inputs(model: onnx.ModelProto, dims: dict[str, int] | None = None, seed
     if defaulted and notes is not None:
         notes.append(f"dynamic dims {', '.join(sorted(defaulted))} set to {DEFAULT_DIM} (change with --dim NAME=VALUE)")
     return feeds
+
+
+def _table_rows(model: onnx.ModelProto, name: str) -> int | None:
+    """Rows of the smallest constant table an integer input indexes (a Gather, maybe through
+    Cast/Reshape/Unsqueeze): default random ids then stay valid (BERT's two token types)."""
+    shapes = {t.name: list(t.dims) for t in model.graph.initializer}
+    reach, rows, frontier = {name}, [], [name]
+    while frontier:
+        current = frontier.pop()
+        for node in model.graph.node:
+            if current not in node.input:
+                continue
+            if node.op_type == "Gather" and len(node.input) > 1 and node.input[1] == current \
+                    and node.input[0] in shapes and shapes[node.input[0]]:
+                axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+                rows.append(shapes[node.input[0]][axis])
+            elif node.op_type in ("Cast", "Reshape", "Unsqueeze", "Squeeze", "Flatten", "Identity") \
+                    and node.input[0] == current and node.output[0] not in reach:
+                reach.add(node.output[0])
+                frontier.append(node.output[0])
+    return min(rows) if rows else None
 
 
 def load_inputs(path: str | os.PathLike) -> dict[str, np.ndarray]:

@@ -147,3 +147,10 @@ def test_every_deepen_point_deepens(exported):
             deep = n2n.deepen(model, targets, residual=residual, verify=False)
             onnx.checker.check_model(deep, full_check=True)
             assert compare(model, deep, feeds=inputs, atol=0.0, rtol=0.0).passed, (name, residual)
+
+
+def test_default_random_ids_stay_inside_the_tables():
+    """BERT's token types index a table of two rows: default inputs must stay below that."""
+    result = n2n.api.widen_model(str(MODELS / "hf_bert.onnx"), {}, widen_all="x2")
+    assert result.report.passed
+    assert any("'token_type_ids' indexes a table of 2 rows" in note for note in result.report.notes)
