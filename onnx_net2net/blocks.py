@@ -1,13 +1,19 @@
 """Residual blocks: `Add(skip, branch)` where the branch is computed from the skip's source.
 
-For each Add with two computed inputs, one side is the *skip*: either the source tensor itself
-(an identity skip) or a short chain of single-input ops from it (a projection shortcut); the
-*branch* is every node on a path from the source to the other side, i.e. the nodes that are
-both descendants of the source and ancestors of the branch output. Anything else the branch
-reads (an attention mask, rotary tables, position ids) does not depend on the source: a copy
-reads the same tensors. A block is copyable when a copy with an identity skip can read the
-block's output (same shape and dtype as its input), its branch output can be proved zero by
-zeroing its last parameters (`zeroing.py`), and it is not a post-norm block.
+For each Add (or two-input Sum) of two computed tensors, one side is the *skip*: the source
+tensor itself (an identity skip) or a short chain of single-input ops from it (a projection
+shortcut); the *branch* is every node on a path from the source to the other side, i.e. the
+nodes that are both value-descendants of the source and ancestors of the branch output.
+Dependence counts values only: what Shape reads is the same for a copy of the same shape.
+Anything else the branch reads (an attention mask, rotary tables, position ids) does not
+depend on the source, and a copy reads the same tensors. The branch must be closed: its
+values reach the rest of the model only through the Add (the Add post-dominates it), and it
+may hold residual blocks only of its own stream; otherwise the "source" is a side input such
+as a mask that every layer adds, not a residual stream.
+
+A block is copyable when a copy with an identity skip can read the block's output (same shape
+and dtype as its input), its branch output is provably zero once its last parameters are
+(`zeroing.py`), it holds no control flow or graph outputs, and it is not post-norm.
 """
 
 from __future__ import annotations
@@ -96,6 +102,8 @@ class _Graph:
         control = [n for n in graph.nodes if G.has_subgraph(n)]
         tensors = graph.tensors() if control else {}
         self.implicit = {id(n): [tensors[name] for name in G.subgraph_inputs(n) if name in tensors] for n in control}
+        self.control = control
+        self.live = self._live()
         self.bit: dict[int, int] = {}
         self.above: dict[int, int] = {}
         if marks:
@@ -111,8 +119,32 @@ class _Graph:
                 for t in node.outputs:
                     self.above[id(t)] = marked
 
+    def _live(self) -> set[int]:
+        """Nodes whose values reach a graph output (not those only measured by Shape)."""
+        live: set[int] = set()
+        stack = list(self.graph.outputs)
+        while stack:
+            node = self.producer(stack.pop())
+            if node is not None and id(node) not in live:
+                live.add(id(node))
+                stack.extend(t for t in self.reads(node) if not isinstance(t, gs.Constant))
+        return live
+
+    def refresh(self) -> None:
+        """After copies were inserted (never control flow): order and liveness again."""
+        self.order = {id(n): i for i, n in enumerate(self.graph.nodes)}
+        self.live = self._live()
+
+    def implicit_reads(self) -> list[tuple[gs.Node, list[gs.Tensor]]]:
+        return [(n, self.implicit[id(n)]) for n in self.control]
+
     def reads(self, node: gs.Node) -> list[gs.Tensor]:
-        return list(node.inputs) + self.implicit.get(id(node), [])
+        """The tensors whose values `node` depends on: not what Shape, Size or CastLike's type
+        input read (a copy, reading a tensor of the same shape, computes the same from them)."""
+        if node.op in ("Shape", "Size") and G.is_default_domain(node):
+            return []
+        inputs = list(node.inputs[:1]) if node.op == "CastLike" else list(node.inputs)
+        return inputs + self.implicit.get(id(node), [])
 
     def producer(self, tensor: gs.Tensor) -> gs.Node | None:
         nodes = [n for n in tensor.inputs if id(n) in self.order]
@@ -184,6 +216,19 @@ def _cuts_across(view: _Graph, source: gs.Tensor, end: gs.Tensor, blocks: list[B
     return False
 
 
+def _closed(view: _Graph, nodes: list[gs.Node], add: gs.Node) -> bool:
+    """Nothing outside the branch reads its values: all it computes reaches the model through
+    the Add. A stretch of the main stream (say, from a mask added in the second of two stacked
+    attentions back through the first) is read on by the rest of the model."""
+    inside = {id(n) for n in nodes} | {id(add)}
+    made = {id(t) for n in nodes for t in n.outputs}
+    if any(id(c) not in inside and id(c) in view.live and any(id(t) in made for t in reads)
+           for c, reads in view.implicit_reads()):
+        return False
+    return all(id(reader) in inside or id(reader) not in view.live or not any(r is t for r in view.reads(reader))
+               for node in nodes for t in node.outputs for reader in t.outputs)
+
+
 def view(graph: gs.Graph) -> _Graph:
     """What block_at needs of a graph that gains copies (not control flow) between calls."""
     return _Graph(graph)
@@ -191,7 +236,7 @@ def view(graph: gs.Graph) -> _Graph:
 
 def block_at(view: _Graph, add: gs.Node) -> Block | None:
     """The block ending in `add`, analysed on the graph as it is now."""
-    view.order = {id(n): i for i, n in enumerate(view.graph.nodes)}
+    view.refresh()
     return analyze(view, add)
 
 
@@ -219,7 +264,7 @@ def analyze(view: _Graph, add: gs.Node, blocks: list[Block] | None = None) -> Bl
         if blocks is not None and _cuts_across(view, source, branch_output, blocks):
             continue
         nodes = view.between(source, branch_output)
-        if not any(_weighted(n) for n in nodes):
+        if not any(_weighted(n) for n in nodes) or not _closed(view, nodes, add):
             continue
         block = Block(add, source, branch_output, nodes, path, [], add.outputs[0])
         block.module = _module(nodes + [add])

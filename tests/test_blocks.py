@@ -358,17 +358,19 @@ def test_control_flow():
     then_body = "then_branch = then_g () => (float[1, 4, 8] t) { t = Relu(o) }"
     else_body = "else_branch = else_g () => (float[1, 4, 8] e) { e = Neg(o) }"
     model = build(HEAD + f"""
-    g (float[1, 4, 8] x, bool c) => (float[1, 4, 8] y, float[1, 4, 8] z) {{
+    g (float[1, 4, 8] x, bool c) => (float[1, 4, 8] y) {{
         h = MatMul(x, W)
         o = MatMul(h, W2)
         b = If (c) <{then_body}, {else_body}>
-        y = Add(x, b)
-        z = Add(x, o)
-    }}""", {"W": (8, 8), "W2": (8, 8)})
+        s = Add(x, b)
+        p = MatMul(s, W3)
+        y = Add(s, p)
+    }}""", {"W": (8, 8), "W2": (8, 8), "W3": (8, 8)})
     blocks = n2n.inspect(model).blocks
     assert blocks[0]["reason"] == ("its branch contains the control-flow node If 'If->b', whose bodies are not "
                                    "copied")
     assert blocks[1]["copyable"]
+    checked(model, copy_block=["*"])
     inner = build(HEAD + """
     g (float[1, 4, 8] x, bool c) => (float[1, 4, 8] y) {
         y = If (c) <then_branch = then_g () => (float[1, 4, 8] t) { h = MatMul(x, W)
@@ -523,3 +525,96 @@ def test_plan_copy_block_step(tmp_path):
         step = entry["steps"][0]
         assert step["kind"] == "copy_block" and len(step["inserted"]) == 2 and step["skipped"][0]["block"] == "b1"
         assert entry["verification"]["passed"]
+
+
+# --- random residual stacks ---------------------------------------------------------------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+PIECES = ["ln", "fc", "relu", "tanh", "erf", "sigmoid", "gate", "attn", "reshape", "scale", "dropout"]
+TRANSPARENT = {"relu", "tanh", "erf", "reshape", "dropout"}  # zero in, zero out, no parameter
+
+
+class _Stack:
+    """Residual blocks x + f(x) on [1, 4, 8], each f a random recipe of pieces."""
+
+    def __init__(self, rng: np.random.Generator) -> None:
+        self.rng, self.nodes, self.weights, self.count = rng, [], [], 0
+        self.node("Mul", ["mask", "big"], "m")  # a model-wide additive mask every attention reads
+        self.const(np.array(-1e4, np.float32), "big")
+
+    def const(self, value: np.ndarray, name: str | None = None) -> str:
+        self.count += 1
+        name = name or f"w{self.count}"
+        self.weights.append(numpy_helper.from_array(np.asarray(value), name))
+        return name
+
+    def weight(self, *shape: int) -> str:
+        return self.const((self.rng.standard_normal(shape) / np.sqrt(shape[0])).astype(np.float32))
+
+    def node(self, op: str, inputs: list[str], out: str | None = None, **attrs) -> str:
+        self.count += 1
+        out = out or f"t{self.count}"
+        self.nodes.append(helper.make_node(op, inputs, [out], name=f"n{self.count}_{op}", **attrs))
+        return out
+
+    def piece(self, kind: str, h: str) -> str:
+        if kind == "ln":
+            return self.node("LayerNormalization", [h, self.weight(8), self.weight(8)], axis=-1)
+        if kind == "fc":
+            return self.node("Add", [self.node("MatMul", [h, self.weight(8, 8)]), self.weight(8)])
+        if kind in ("relu", "tanh", "erf", "sigmoid"):
+            return self.node(kind.capitalize(), [h])
+        if kind == "gate":
+            gate = self.node("Sigmoid", [self.node("MatMul", [h, self.weight(8, 16)])])
+            return self.node("MatMul", [self.node("Mul", [gate, self.node("MatMul", [h, self.weight(8, 16)])]),
+                                        self.weight(16, 8)])
+        if kind == "attn":
+            q, k, v = (self.node("MatMul", [h, self.weight(8, 8)]) for _ in range(3))
+            scores = self.node("Add", [self.node("MatMul", [q, self.node("Transpose", [k], perm=[0, 2, 1])]), "m"])
+            mixed = self.node("MatMul", [self.node("Softmax", [scores], axis=-1), v])
+            return self.node("MatMul", [mixed, self.weight(8, 8)])
+        if kind == "reshape":
+            split = self.node("Reshape", [h, self.const(np.array([1, 4, 2, 4]))])
+            return self.node("Reshape", [self.node("Transpose", [split], perm=[0, 1, 3, 2]),
+                                         self.const(np.array([1, 4, 8]))])
+        if kind == "scale":
+            return self.node("Mul", [h, self.weight(8)])
+        return self.node("Dropout", [h])
+
+    def model(self, recipes: list[list[str]]) -> onnx.ModelProto:
+        x = "x"
+        for recipe in recipes:
+            h = x
+            for kind in recipe:
+                h = self.piece(kind, h)
+            x = self.node("Add", [x, h])
+        self.node("Identity", [x], "y")
+        graph = helper.make_graph(
+            self.nodes, "stack", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8]),
+                                  helper.make_tensor_value_info("mask", TensorProto.FLOAT, [1, 4, 4])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8])], self.weights)
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+recipes = st.lists(st.tuples(st.lists(st.sampled_from(PIECES), max_size=3), st.sampled_from(["fc", "gate", "attn"]),
+                             st.lists(st.sampled_from(PIECES), max_size=3)).map(lambda t: t[0] + [t[1]] + t[2]),
+                   min_size=1, max_size=3)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(recipes=recipes, seed=st.integers(0, 2**16))
+def test_random_residual_stacks(recipes, seed):
+    model = _Stack(np.random.default_rng(seed)).model(recipes)
+    onnx.checker.check_model(model, full_check=True)
+    blocks = n2n.inspect(model).blocks
+    assert len(blocks) == len(recipes)
+    for block, recipe in zip(blocks, recipes):
+        last = next(kind for kind in reversed(recipe) if kind not in TRANSPARENT)
+        assert block["copyable"] == (last != "sigmoid"), (recipe, block["reason"])
+        if block["copyable"]:
+            checked(model, copy_block=[block["id"]])
+    if any(b["copyable"] for b in blocks):
+        checked(model, copy_block=["*"], repeat=2)
