@@ -29,7 +29,7 @@ from . import graph as G
 from .errors import Net2NetError
 from .rules.elementwise import ELEMENTWISE
 from .tails import LAYER_OPS, Tail, _activation_region, is_idempotent
-from .targets import NameIndex, is_pattern, module_names
+from .targets import NameIndex, is_pattern
 from .zeroing import NoProof, Proof, prove_zero
 
 _MAX_SKIP_PATH = 8
@@ -79,7 +79,7 @@ class Block:
         return {"id": self.id, "add": G.label(self.add), "module": self.module, "input": self.source.name,
                 "output": self.output.name, "nodes": len(self.nodes), "parameters": self.parameters,
                 "layers": [G.label(n) for n in self.nodes if _weighted(n)],
-                "skip": [G.label(n) for n in self.skip_path] or "identity",
+                "skip": [G.label(n) for n in self.skip_path if n.op not in _IDENTITY_SKIP] or "identity",
                 "tail": [n.op for n in self.tail], "copyable": self.copyable, "reason": self.reason,
                 "zeroed": [c.name for c in self.proof.constants] if self.proof else [],
                 "proof": self.proof.text if self.proof else None, "notes": self.notes}
@@ -502,12 +502,10 @@ def resolve(graph: gs.Graph, blocks: list[Block], targets: list[str], optional: 
     """The blocks the targets name (innermost block containing each named node; block ids;
     glob patterns), in graph order; plus the non-copyable blocks a pattern matched, skipped."""
     index = NameIndex()
-    nodes: dict[int, gs.Node] = {}
     innermost: dict[int, Block] = {}
     for block in blocks:
         index.add_name(block.id, ("block", block.id))
         for node in block.members:
-            nodes[id(node)] = node
             index.add(node, id(node))
             if id(node) not in innermost or len(block.members) < len(innermost[id(node)].members):
                 innermost[id(node)] = block
@@ -562,13 +560,15 @@ def resolve(graph: gs.Graph, blocks: list[Block], targets: list[str], optional: 
 def _match(index: NameIndex, pattern: str, plain: bool = False) -> list:
     """Names matching a glob, or a plain module path, anywhere from a dotted component on:
     'h.3.*' matches 'transformer.h.3.attn.c_attn.weight', 'layer3.1' everything under it."""
-    if plain:
-        regex = re.compile(r"(^|\.)" + re.escape(pattern) + r"(\.|$)")
-        test = lambda name: regex.search(name) is not None  # noqa: E731
-    else:
-        test = lambda name: fnmatch.fnmatchcase(name, pattern) or fnmatch.fnmatchcase(name, "*." + pattern)  # noqa: E731
-    found: list = []
+    regex = re.compile(r"(^|\.)" + re.escape(pattern) + r"(\.|$)")
+
+    def test(name: str) -> bool:
+        if plain:
+            return regex.search(name) is not None
+        return fnmatch.fnmatchcase(name, pattern) or fnmatch.fnmatchcase(name, "*." + pattern)
+
+    found: dict = {}
     for name, keys in index.patterned.items():
         if test(name):
-            found.extend(k for k in keys if k not in found)
-    return found
+            found.update(dict.fromkeys(keys))
+    return list(found)

@@ -618,3 +618,34 @@ def test_random_residual_stacks(recipes, seed):
             checked(model, copy_block=[block["id"]])
     if any(b["copyable"] for b in blocks):
         checked(model, copy_block=["*"], repeat=2)
+
+
+def test_identity_layers_and_block_copies_in_one_call():
+    model = onnx.load(str(MODELS / "torch_resnet.onnx"))
+    result = checked(model, targets=["layer1.conv1"], copy_block=["layer1"], dims={"batch": 2})
+    identity, copy = result.inserted
+    assert identity["layers"] == ["layer1.conv1.n2n_deep0/conv"] and copy["op"] == "block"
+    # the copy is of the block as it now is, identity layer included
+    assert any("n2n_deep0" in name for name in copy["nodes"])
+
+
+# (blocks found, copyable) in onnx's zoo copies; the rest have none.
+ZOO_BLOCKS = {"resnet50": (16, 12), "shufflenet": (13, 13)}
+
+
+@pytest.mark.zoo
+@pytest.mark.parametrize("name", ["resnet50", "shufflenet", "densenet121", "inception_v2"])
+def test_zoo_blocks(name):
+    from tools.zoo import zoo_model
+
+    model = zoo_model(name)
+    blocks = n2n.inspect(model).blocks
+    assert (len(blocks), sum(b["copyable"] for b in blocks)) == ZOO_BLOCKS.get(name, (0, 0))
+    if blocks:
+        refused = {b["reason"].split(":")[0] for b in blocks if not b["copyable"]}
+        assert refused <= {"its skip path has a projection (Conv 'n12', BatchNormalization 'n13')",
+                           "its skip path has a projection (Conv 'n44', BatchNormalization 'n45')",
+                           "its skip path has a projection (Conv 'n86', BatchNormalization 'n87')",
+                           "its skip path has a projection (Conv 'n148', BatchNormalization 'n149')"}
+        result = checked(model, copy_block=["*"])
+        assert len(result.inserted) == ZOO_BLOCKS[name][1]
