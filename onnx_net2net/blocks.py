@@ -304,13 +304,16 @@ def _size(nodes: list[gs.Node]) -> int:
 
 def _module(nodes: list[gs.Node]) -> str:
     """The deepest module path shared by the block's weights and node scopes ('layer3.1'); when
-    only one module names anything (a norm's weight), its parent, the module holding the block."""
+    one module alone names anything (a norm's weight), its parent, the module holding the block."""
     owners = set()
     for node in nodes:
         for t in node.inputs:
             if isinstance(t, gs.Constant) and "." in t.name and "/" not in t.name and ":" not in t.name:
                 owners.add(t.name.rsplit(".", 1)[0])
-    paths = [p.split(".") for p in owners | {scope_path(n.name) for n in nodes} if p]
+    named = {p for p in owners | {scope_path(n.name) for n in nodes} if p}
+    if len(named) == 1 and named <= owners and "." in next(iter(named)):
+        return next(iter(named)).rsplit(".", 1)[0]  # say, a norm's weight and unnamed projections
+    paths = [p.split(".") for p in named]
     if not paths:
         return ""
     common = paths[0]
@@ -319,8 +322,7 @@ def _module(nodes: list[gs.Node]) -> str:
         while n < min(len(common), len(parts)) and common[n] == parts[n]:
             n += 1
         common = common[:n]
-    module = ".".join(common)
-    return module.rsplit(".", 1)[0] if module in owners and "." in module else module
+    return ".".join(common)
 
 
 def scope_path(name: str) -> str:
