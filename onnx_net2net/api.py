@@ -9,6 +9,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
+from . import blocks as B
 from . import checks
 from . import deepening as D
 from . import graph as G
@@ -29,10 +30,11 @@ class Inspection:
     parameters: int
     groups: list[dict]
     deepen: list[dict] = field(default_factory=list)
+    blocks: list[dict] = field(default_factory=list)
 
     def to_json(self) -> dict:
         return {"schema": 1, "model": self.model, "parameters": self.parameters, "groups": self.groups,
-                "deepen": self.deepen}
+                "deepen": self.deepen, "blocks": self.blocks}
 
 
 @dataclass
@@ -71,7 +73,7 @@ def inspect(source: str | os.PathLike[str] | onnx.ModelProto) -> Inspection:
     loaded, graph, analysis = _prepare(source)
     name = str(loaded.path) if loaded.path else (loaded.model.graph.name or "<ModelProto>")
     return Inspection(name, parameter_count(graph), [_group_json(g) for g in analysis.groups],
-                      D.deepen_points(graph))
+                      D.deepen_points(graph), [b.to_json() for b in B.find_blocks(graph)])
 
 
 def widen_model(source: str | os.PathLike[str] | onnx.ModelProto,
@@ -135,16 +137,19 @@ class DeepenResult:
     parameters_before: int
     parameters_after: int
     report: Report | None = None
+    skipped: list[dict] = field(default_factory=list)  # non-copyable blocks a pattern matched
 
 
-def deepen_model(source: str | os.PathLike[str] | onnx.ModelProto, targets: list[str], kernel: int | None = None,
-                 residual: bool = False, batch_norm: bool = True, seed: int = 0, verify: bool = True,
-                 verify_options: dict | None = None, optional: bool = False) -> DeepenResult:
-    """Insert an identity layer (or a zero-initialized residual block) after each target."""
-    if isinstance(targets, str):
-        targets = [targets]
-    if not targets:
-        raise Net2NetError("nothing to deepen: give at least one target layer")
+def deepen_model(source: str | os.PathLike[str] | onnx.ModelProto, targets: list[str] | None = None,
+                 kernel: int | None = None, residual: bool = False, batch_norm: bool = True, seed: int = 0,
+                 verify: bool = True, verify_options: dict | None = None, optional: bool = False,
+                 copy_block: list[str] | str | None = None, repeat: int = 1) -> DeepenResult:
+    """Insert an identity layer (or a zero-initialized residual block) after each target, and
+    `repeat` zero-initialized copies after each residual block `copy_block` names."""
+    targets = [targets] if isinstance(targets, str) else list(targets or [])
+    copy_block = [copy_block] if isinstance(copy_block, str) else list(copy_block or [])
+    if not targets and not copy_block:
+        raise Net2NetError("nothing to deepen: give at least one target layer or block to copy")
     checks.require(checks.seed_problem(seed), "seed")
     check_options(verify_options or {})
     loaded = load_model(source)
@@ -160,9 +165,11 @@ def deepen_model(source: str | os.PathLike[str] | onnx.ModelProto, targets: list
     taken = D.taken_prefixes(graph)
     inserted = [D.insert(graph, t, layer, kernel, residual, batch_norm, rng, taken) for t, layer in layers]
     graph.toposort()
+    copies, skipped = D.copy_blocks(graph, copy_block, repeat, optional) if copy_block else ([], [])
     G.infer_shapes(graph)
     model = G.export_model(graph, loaded.model)
-    result = DeepenResult(model, [vars(i) for i in inserted], before, parameter_count(graph))
+    result = DeepenResult(model, [vars(i) for i in inserted + copies], before, parameter_count(graph),
+                          skipped=skipped)
     if verify:
         result.report = compare(loaded.model, model, **(verify_options or {}))
         if not result.report.passed:
@@ -171,10 +178,14 @@ def deepen_model(source: str | os.PathLike[str] | onnx.ModelProto, targets: list
     return result
 
 
-def deepen(source: str | os.PathLike[str] | onnx.ModelProto, targets: list[str] | str, kernel: int | None = None,
-           residual: bool = False, batch_norm: bool = True, seed: int = 0, verify: bool = True,
+def deepen(source: str | os.PathLike[str] | onnx.ModelProto, targets: list[str] | str | None = None,
+           kernel: int | None = None, residual: bool = False, batch_norm: bool = True, seed: int = 0,
+           verify: bool = True, copy_block: list[str] | str | None = None, repeat: int = 1,
            **verify_options) -> onnx.ModelProto:
     """Net2Deeper: after each target layer's tail (bias, BatchNorm, activation) insert an identity
     layer, exact when the activation is idempotent (ReLU, Clip); `residual=True` inserts
-    x + W2 f(W1 x) with W2 = 0 instead, exact for any activation. Returns the ModelProto."""
-    return deepen_model(source, targets, kernel, residual, batch_norm, seed, verify, verify_options).model
+    x + W2 f(W1 x) with W2 = 0 instead, exact for any activation. `copy_block` names residual
+    blocks (any node, weight or module inside, a glob, or an id from inspect): each gets `repeat`
+    copies after it, last parameters zeroed so each starts as the identity. Returns the ModelProto."""
+    return deepen_model(source, targets, kernel, residual, batch_norm, seed, verify, verify_options,
+                        copy_block=copy_block, repeat=repeat).model

@@ -124,6 +124,11 @@ def run_job(plan: Plan, job: Job) -> dict:
                 result = api.widen_model(model, step.targets, seed=seed, noise=step.noise, verify=False,
                                          widen_all=step.widen_all, optional=step.optional)
                 entry["steps"].append({"step": number, "kind": "widen", "widened": result.widened})
+            elif step.kind == "copy_block":
+                result = api.deepen_model(model, copy_block=step.targets, repeat=step.repeat, verify=False,
+                                          optional=step.optional)
+                entry["steps"].append({"step": number, "kind": "copy_block", "inserted": result.inserted,
+                                       "skipped": result.skipped})
             else:
                 result = api.deepen_model(model, step.targets, kernel=step.kernel, residual=step.residual,
                                           batch_norm=step.bn, seed=seed, verify=False, optional=step.optional)

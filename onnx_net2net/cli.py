@@ -79,8 +79,9 @@ def _checked(problem):
 
 def _result_json(model: str, out, result, written: bool) -> dict:
     """The document widen and deepen print with --json, whether or not verification passed."""
-    changes = {"widened": result.widened, "blocked": result.blocked} if isinstance(result, api.WidenResult) \
-        else {"inserted": result.inserted}
+    changes = {"widened": result.widened, "blocked": result.blocked, "skipped": result.skipped,
+               "untied": result.untied} if isinstance(result, api.WidenResult) \
+        else {"inserted": result.inserted, "skipped": result.skipped}
     return {"schema": 1, "model": model, "output": str(out), "written": written, **changes,
             "parameters": {"before": result.parameters_before, "after": result.parameters_after},
             "verification": result.report.to_json() if result.report else None}
@@ -186,7 +187,8 @@ def main(ctx: click.Context, verbose: bool) -> None:
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
 def inspect(model: str, as_json: bool) -> None:
-    """List the width groups of MODEL: width, members, widenable or why not."""
+    """List the width groups of MODEL (width, members, widenable or why not), its deepen
+    points and its residual blocks (copyable or why not)."""
     result = api.inspect(model)
     if as_json:
         _emit_json(result.to_json())
@@ -234,8 +236,13 @@ def widen(model, targets, widen_all, output, seed, noise, no_verify, force, as_j
 
 @main.command()
 @click.argument("model", type=click.Path(dir_okay=False))
-@click.argument("targets", nargs=-1, required=True, metavar="TARGET...")
+@click.argument("targets", nargs=-1, metavar="TARGET...")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Where to write the deeper model.")
+@click.option("--copy-block", "copy_block", multiple=True, metavar="TARGET",
+              help="Copy the residual block containing TARGET (node, weight or module name, glob, or block id "
+                   "from inspect) right after it, its last parameters zeroed so the copy starts as the identity.")
+@click.option("--repeat", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Copies per --copy-block block, chained.")
 @click.option("--kernel", type=int, help="Odd kernel size of inserted convs (default: the target's when odd, else 3).")
 @click.option("--residual", is_flag=True,
               help="Insert x + W2 f(W1 x) with W2 = 0 (exact for any activation, trainable from step one).")
@@ -246,15 +253,22 @@ def widen(model, targets, widen_all, output, seed, noise, no_verify, force, as_j
 @click.option("--force", is_flag=True, help="Overwrite OUTPUT if it exists.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
 @verify_options
-def deepen(model, targets, output, kernel, residual, no_bn, seed, no_verify, force, as_json, **verify) -> None:
+def deepen(model, targets, output, copy_block, repeat, kernel, residual, no_bn, seed, no_verify, force, as_json,
+           **verify) -> None:
     """Insert an identity-initialized layer after each TARGET's tail (bias, BatchNorm,
     activation); TARGET is a node, weight or module name, or a glob pattern. Exact when the
-    activation is idempotent (ReLU, Clip); --residual is exact for any activation."""
+    activation is idempotent (ReLU, Clip); --residual is exact for any activation.
+    --copy-block stacks copies of whole residual blocks (x + f(x)) instead or as well."""
+    if not targets and not copy_block:
+        raise Net2NetError("nothing to deepen: give TARGET layers or --copy-block TARGET")
+    if repeat != 1 and not copy_block:
+        raise Net2NetError("--repeat applies to --copy-block; give the blocks to copy")
     loaded, out = _load_for_output(model, output, force, verify["inputs_file"])
     with _json_on_mismatch(as_json, model, out):
         result = api.deepen_model(loaded.model, list(targets), kernel=kernel, residual=residual,
                                   batch_norm=not no_bn, seed=seed, verify=not no_verify,
-                                  verify_options=_verify_kwargs(**verify))
+                                  verify_options=_verify_kwargs(**verify), copy_block=list(copy_block),
+                                  repeat=repeat)
     save_model(result.model, out, external_data=loaded.external_data)
     if as_json:
         _emit_json(_result_json(model, out, result, written=True))

@@ -14,6 +14,8 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from . import graph as G
+from . import blocks as B
+from .blocks import Block
 from .errors import Net2NetError
 from .tails import LAYER_OPS, Tail, find_tail, is_idempotent
 from .targets import NameIndex, is_pattern
@@ -234,3 +236,198 @@ def _copy_activation(build: _Builder, tail: Tail, x: gs.Variable, default_relu: 
         out = build.node(node.op, inputs, dict(node.attrs), like=x)
         mapping[node.outputs[0].name] = out
     return mapping[tail.activation_output.name]
+
+
+# --- copies of residual blocks --------------------------------------------------------------
+
+
+@dataclass
+class BlockCopy:
+    """One copy of a residual block, inserted after its source (or after the previous copy)."""
+
+    target: str
+    block: str
+    source: str                                   # the source block's Add node
+    prefix: str
+    op: str = "block"
+    nodes: list[str] = field(default_factory=list)
+    weights: list[str] = field(default_factory=list)
+    layers: list[str] = field(default_factory=list)   # copied Conv/Gemm/MatMul nodes
+    zeroed: list[str] = field(default_factory=list)
+    proof: str = ""
+    notes: list[str] = field(default_factory=list)
+
+
+def copy_prefixes(graph: gs.Graph) -> set[str]:
+    """Prefixes of earlier copies ('layer3.1.n2n_copy0'), so new ones get the next number;
+    scoped node names ('/layer3/layer3.1.n2n_copy0/conv2/Conv') count by their module path."""
+    taken: set[str] = set()
+    for name in [n.name for n in graph.nodes] + list(graph.tensors()):
+        for m in re.finditer(r"n2n_copy\d+", name or ""):
+            head = name[:m.end()]
+            taken.add(head.lstrip("/"))
+            if "/" in head:
+                taken.add(B.scope_path(head + "/_"))
+    return taken
+
+
+class _CopyNames:
+    """Names for a copy, derived from its source's: the module gets a tag, as in
+    'layer1.conv1.weight' -> 'layer1.n2n_copy0.conv1.weight' and '/layer1/conv1/Conv' ->
+    '/layer1.n2n_copy0/conv1/Conv', so the copy's layers are named like any other module."""
+
+    def __init__(self, module: str, taken: set[str]) -> None:
+        index = 0
+        while f"{module}.n2n_copy{index}".lstrip(".") in taken:
+            index += 1
+        self.module, self.tag = module, f"n2n_copy{index}"
+        self.prefix = f"{module}.{self.tag}".lstrip(".")
+        taken.add(self.prefix)
+        self.used: set[str] = set()
+
+    def tensor(self, name: str) -> str:
+        """A fresh tensor name (tensor names are unique in a graph, node names need not be)."""
+        candidate = base = self.node(name)
+        count = 0
+        while candidate in self.used:
+            count += 1
+            candidate = f"{base}_{count}"
+        self.used.add(candidate)
+        return candidate
+
+    def node(self, name: str) -> str:
+        parts = name.split("/")
+        if self.module and len(parts) > 2:
+            path: list[str] = []
+            for i, part in enumerate(parts[:-1]):
+                if not part:
+                    continue
+                if path and part.startswith(path[-1] + "."):
+                    path[-1] = part
+                else:
+                    path.append(part)
+                if ".".join(path) == self.module:
+                    return "/".join(parts[:i] + [f"{part}.{self.tag}"] + parts[i + 1:])
+        return f"{self.prefix}/{name.lstrip('/')}"
+
+    def weight(self, const: gs.Constant, readers: list[gs.Node]) -> str:
+        name = const.name
+        if self.module and name.startswith(self.module + "."):
+            return self._unique(self.prefix + name[len(self.module):], name)
+        if "/" in name:  # a folded Constant named by its node's scope
+            return self._unique(self.node(name), name)
+        for reader in readers:  # a generated name ('onnx::MatMul_12'): name it after its layer
+            scope = B.scope_path(reader.name)
+            slot = next(i for i, t in enumerate(reader.inputs) if t is const)
+            role = {1: "weight", 2: "bias"}.get(slot) if reader.op in LAYER_OPS else None
+            if role and self.module and scope.startswith(self.module + "."):
+                return self._unique(f"{self.prefix}{scope[len(self.module):]}.{role}", name)
+            if role and not self.module and scope:
+                return self._unique(f"{self.prefix}.{scope}.{role}", name)
+        return self._unique(f"{self.prefix}.{name}", name)
+
+    def _unique(self, candidate: str, original: str) -> str:
+        if candidate in self.used:
+            candidate = f"{self.prefix}.{original}"
+        self.used.add(candidate)
+        return candidate
+
+
+def copy_block(graph: gs.Graph, block: Block, end: gs.Variable, target: str, taken: set[str]) -> BlockCopy:
+    """Insert a copy of `block`'s branch after tensor `end` (the block's output, or the last
+    copy's): end' = end + branch'(end), then the block's activation when it is idempotent.
+    The copy's last parameters (the zero proof's constants) are zero, so end' = end exactly;
+    `end` keeps its name and object, so every reader and graph output sees the copy's result.
+    The graph must be in topological order, and stays so; the caller infers shapes once all
+    copies are made."""
+    names = _CopyNames(block.module, taken)
+    prefix = names.prefix
+    result = BlockCopy(target, block.id, G.label(block.add), prefix, proof=block.proof.text,
+                       notes=list(block.notes))
+    members = {id(n) for n in block.nodes}
+    zero = {id(c) for c in block.proof.constants}
+
+    def copied_constant(const: gs.Constant) -> gs.Constant:
+        """The copy's own weight (zeroed when the proof says so); constants other parts of the
+        model read too (rotary tables, shared scalars) are shared."""
+        if id(const) not in zero and any(id(n) not in members for n in const.outputs):
+            return const
+        if id(const) not in mapping:
+            values = np.asarray(const.values)
+            values = np.zeros_like(values) if id(const) in zero else values.copy()
+            readers = [n for n in const.outputs if id(n) in members]
+            mapping[id(const)] = gs.Constant(names.weight(const, readers), values)
+            result.weights.append(mapping[id(const)].name)
+            if id(const) in zero:
+                result.zeroed.append(mapping[id(const)].name)
+        return mapping[id(const)]
+
+    producer = end.inputs[0]
+    start = gs.Variable(names.tensor("n2n_block_input"), dtype=end.dtype, shape=end.shape)
+    producer.outputs[producer.outputs.index(end)] = start
+    mapping: dict[int, gs.Tensor] = {id(block.source): start}
+
+    created: list[gs.Node] = []
+
+    def emit(node: gs.Node, inputs: list[gs.Tensor], outputs: list[gs.Variable]) -> None:
+        name = names.node(node.name) if node.name else f"{prefix}/{node.op}_{len(result.nodes)}"
+        copy = gs.Node(node.op, name, dict(node.attrs), inputs, outputs, domain=node.domain)
+        created.append(copy)
+        result.nodes.append(name)
+        if node.op in LAYER_OPS + ("Einsum",) and any(isinstance(t, gs.Constant) for t in node.inputs):
+            result.layers.append(name)
+
+    for node in block.nodes:
+        inputs = [copied_constant(t) if isinstance(t, gs.Constant) else mapping.get(id(t), t) for t in node.inputs]
+        outputs = []
+        for t in node.outputs:
+            out = gs.Variable(names.tensor(t.name) if t.name else "", dtype=t.dtype, shape=t.shape)
+            mapping[id(t)] = out
+            outputs.append(out)
+        emit(node, inputs, outputs)
+
+    skip_first = block.add.inputs[0] is not block.branch_output
+    branch = mapping[id(block.branch_output)]
+    total = end if not block.copy_tail else gs.Variable(names.tensor("n2n_block_sum"), dtype=end.dtype,
+                                                        shape=end.shape)
+    emit(block.add, [start, branch] if skip_first else [branch, start], [total])
+    if block.copy_tail:
+        mapping[id(block.add.outputs[0])] = total
+        for i, node in enumerate(block.tail):
+            inputs = [mapping.get(id(t), t) for t in node.inputs]
+            outputs = [end if (i, j) == block.tail_exit else
+                       gs.Variable(names.tensor(t.name), dtype=t.dtype, shape=t.shape)
+                       for j, t in enumerate(node.outputs)]
+            mapping.update((id(t), o) for t, o in zip(node.outputs, outputs))
+            emit(node, inputs, outputs)
+    # Right after the tensor it reads: whatever the copy reads comes earlier (the source's
+    # branch read it too), whatever reads its output comes later, so the order stays topological.
+    at = next(i for i, n in enumerate(graph.nodes) if n is producer)
+    graph.nodes[at + 1:at + 1] = created
+    return result
+
+
+def copy_blocks(graph: gs.Graph, targets: list[str], repeat: int = 1, optional: bool = False
+                ) -> tuple[list[BlockCopy], list[dict]]:
+    """Copy every block the targets name `repeat` times, each copy chained after the last;
+    returns the copies and the non-copyable blocks a pattern matched (skipped, with reasons).
+    Each copy re-reads its source from the graph as it is by then, so a block that contains
+    an already copied block is copied with it."""
+    if repeat < 1:
+        raise Net2NetError(f"repeat {repeat} must be at least 1")
+    chosen, skipped = B.resolve(graph, B.find_blocks(graph), targets, optional)
+    taken = copy_prefixes(graph)
+    view = B.view(graph)
+    copies = []
+    for target, block in chosen:
+        end = block.output
+        for _ in range(repeat):
+            current = B.block_at(view, block.add)
+            if current is None or not current.copyable:
+                reason = current.reason if current is not None else "it is no longer a residual block"
+                raise Net2NetError(f"cannot copy block {block.id} ({G.label(block.add)}): {reason}")
+            # the activation after the Add now also feeds the earlier copies: keep the first reading
+            current.id, current.tail, current.copy_tail, current.tail_exit, current.notes = \
+                block.id, block.tail, block.copy_tail, block.tail_exit, block.notes
+            copies.append(copy_block(graph, current, end, target, taken))
+    return copies, skipped

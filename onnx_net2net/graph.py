@@ -55,7 +55,24 @@ def observe_shapes(graph: gs.Graph) -> None:
         if tensor.shape is not None and any(isinstance(d, (int, np.integer)) and d >= 0 and d != o
                                             for d, o in zip(tensor.shape, seen)):
             continue  # the runs contradict inference: trust neither
+        tensor.n2n_declared = tensor.shape  # what messages show (see shape_text)
         tensor.shape = list(seen)
+
+
+def shape_text(tensor: gs.Tensor) -> str:
+    """A shape as users know it: observed signatures shown by the name inference gave that dim
+    ('batch'), or '?'."""
+    dims = shape(tensor)
+    if dims is None:
+        return "?"
+    declared = getattr(tensor, "n2n_declared", None) or []
+    shown = []
+    for axis, d in enumerate(dims):
+        if isinstance(d, str) and d.startswith(probe.SIGNATURE):
+            name = declared[axis] if axis < len(declared) else None
+            d = name if isinstance(name, str) and name and not name.startswith("unk__") else None
+        shown.append("?" if d is None else str(d))
+    return "[" + ", ".join(shown) + "]"
 
 
 def _probe_model(graph: gs.Graph) -> onnx.ModelProto:

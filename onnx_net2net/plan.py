@@ -21,11 +21,12 @@ else:  # pragma: no cover
 _TOP_KEYS = {"seed", "step", "steps", "atol", "rtol", "dims", "strict"}
 _WIDEN_KEYS = {"widen", "noise", "optional", "seed"}
 _DEEPEN_KEYS = {"deepen", "residual", "kernel", "bn", "optional", "seed"}
+_COPY_KEYS = {"copy_block", "repeat", "optional"}
 
 
 @dataclass
 class Step:
-    kind: str                                   # "widen" or "deepen"
+    kind: str                                   # "widen", "deepen" or "copy_block"
     targets: dict[str, int | float | str] | list[str]
     widen_all: int | float | str | None = None
     noise: float = 0.0
@@ -34,6 +35,7 @@ class Step:
     bn: bool = True
     optional: bool = False
     seed: int | None = None
+    repeat: int = 1                             # copies per block (copy_block steps)
 
 
 @dataclass
@@ -102,11 +104,11 @@ def parse_plan(data: object, source: str = "<plan>") -> Plan:
 def _parse_step(raw: object, where: str, fail) -> Step:
     if not isinstance(raw, dict):
         raise fail(where, "must be a table")
-    kinds = [k for k in ("widen", "deepen") if k in raw]
+    kinds = [k for k in ("widen", "deepen", "copy_block") if k in raw]
     if len(kinds) != 1:
-        raise fail(where, "needs exactly one of 'widen' or 'deepen'")
+        raise fail(where, "needs exactly one of 'widen', 'deepen' or 'copy_block'")
     kind = kinds[0]
-    allowed = _WIDEN_KEYS if kind == "widen" else _DEEPEN_KEYS
+    allowed = {"widen": _WIDEN_KEYS, "deepen": _DEEPEN_KEYS, "copy_block": _COPY_KEYS}[kind]
     unknown = set(raw) - allowed
     if unknown:
         raise fail(where, f"unknown key '{sorted(unknown)[0]}' for a {kind} step (known: {', '.join(sorted(allowed))})")
@@ -126,6 +128,14 @@ def _parse_step(raw: object, where: str, fail) -> Step:
                 raise fail(f"{where}.widen.{name}", problem)
         noise = _number(raw.get("noise", 0.0), fail, where, "noise") or 0.0
         return Step("widen", targets, widen_all=widen_all, noise=noise, optional=optional, seed=seed)
+    if kind == "copy_block":
+        targets = [raw["copy_block"]] if isinstance(raw["copy_block"], str) else raw["copy_block"]
+        if not isinstance(targets, list) or not targets or not all(isinstance(t, str) and t for t in targets):
+            raise fail(where, "'copy_block' must be a list of block targets or patterns")
+        repeat = _int(raw.get("repeat", 1), fail, where, "repeat")
+        if repeat < 1:
+            raise fail(f"{where}.repeat", f"{repeat} must be at least 1")
+        return Step("copy_block", list(targets), repeat=repeat, optional=optional)
     targets = raw["deepen"]
     if isinstance(targets, str):
         targets = [targets]

@@ -50,6 +50,14 @@ def format_groups(inspection) -> str:
         exact = sum(p["exact"] for p in inspection.deepen)
         text += (f"\n\ndeepen points: {len(points)}, {exact} exact with an identity layer "
                  f"(all with --residual)\n" + _table(points, ["target", "op", "activation", "deepen", "why not"]))
+    blocks = getattr(inspection, "blocks", [])
+    if blocks:
+        rows = [[b["id"], b["add"], b["module"] or "-", b["nodes"], f"{b['parameters']:,}",
+                 "identity" if b["skip"] == "identity" else "projection", "yes" if b["copyable"] else "no",
+                 b["reason"] or "; ".join(b["notes"])] for b in blocks]
+        text += (f"\n\nresidual blocks: {len(blocks)}, {sum(b['copyable'] for b in blocks)} copyable "
+                 f"(deepen --copy-block)\n"
+                 + _table(rows, ["block", "add", "module", "nodes", "params", "skip", "copy", "why not / notes"]))
     return text
 
 
@@ -79,7 +87,10 @@ def format_widened(result, output: str) -> str:
 
 
 def format_deepened(result, output: str) -> str:
-    lines = [f"{i['target']}: inserted {', '.join(i['layers'])} ({len(i['nodes'])} nodes)" for i in result.inserted]
+    lines = [f"{i['target']}: copied block {i['block']} ({i['source']}) as {i['prefix']}: {len(i['nodes'])} nodes, "
+             f"zeroed {', '.join(i['zeroed'])}" if i.get("op") == "block" else
+             f"{i['target']}: inserted {', '.join(i['layers'])} ({len(i['nodes'])} nodes)" for i in result.inserted]
+    lines += [f"not copied: block {s['block']} ({s['add']}): {s['reason']}" for s in getattr(result, "skipped", [])]
     lines.append(f"parameters: {result.parameters_before:,} -> {result.parameters_after:,}")
     lines.append(format_report(result.report) if result.report is not None else "not verified (--no-verify)")
     lines.append(f"wrote {output}")

@@ -147,15 +147,17 @@ def make_inputs(model: onnx.ModelProto, dims: dict[str, int] | None = None, seed
                 if key not in dims:
                     defaulted.add(key)
         dtype = helper.tensor_dtype_to_np_dtype(ttype.elem_type)
+        # np.asarray: a rank-0 input (an If condition) would otherwise be a numpy scalar,
+        # which onnxruntime does not take
         if np.issubdtype(dtype, np.floating) or dtype.name == "bfloat16":
-            feeds[vi.name] = rng.standard_normal(shape).astype(dtype)
+            feeds[vi.name] = np.asarray(rng.standard_normal(shape)).astype(dtype)
         elif dtype == np.bool_:
-            feeds[vi.name] = rng.random(shape) < 0.5
+            feeds[vi.name] = np.asarray(rng.random(shape) < 0.5)
         elif np.issubdtype(dtype, np.integer):
             top = high if int_range else min(high, _table_rows(model, vi.name) or high)
             if top < high and notes is not None:
                 notes.append(f"'{vi.name}' indexes a table of {top} rows: drawn from [{low}, {top})")
-            feeds[vi.name] = rng.integers(low, max(top, low + 1), size=shape).astype(dtype)
+            feeds[vi.name] = np.asarray(rng.integers(low, max(top, low + 1), size=shape)).astype(dtype)
         else:
             raise Net2NetError(f"input '{vi.name}' has dtype {dtype}; give inputs with --inputs FILE.npz")
     unknown = sorted(set(dims) - known)

@@ -55,7 +55,7 @@ def test_plan_parsing(tmp_path):
     ("[[step]]\nwiden = { fc1 = 0 }\n", "width 0 must be positive"),
     ("[[step]]\ndeepen = ['a']\nkernel = 2\n", "step 1.kernel: 2 must be a positive odd number"),
     ("[[step]]\ndeepen = ['a']\nresidual = 'yes'\n", "step 1.residual: 'yes' must be true or false"),
-    ("[[step]]\ndeepen = ['a']\nwiden = {a = 2}\n", "step 1: needs exactly one of 'widen' or 'deepen'"),
+    ("[[step]]\ndeepen = ['a']\nwiden = {a = 2}\n", "step 1: needs exactly one of 'widen', 'deepen' or 'copy_block'"),
     ("seed = 'x'\n[[step]]\ndeepen = ['a']\n", "plan.seed: 'x' must be an integer"),
     ("sead = 1\n[[step]]\ndeepen = ['a']\n", "plan: unknown key 'sead'"),
     ("seed = 1\n", "needs at least one [[step]]"),
