@@ -131,11 +131,7 @@ class Analysis:
             self.block(layout, node, "splits concatenated or tiled units")
             return None
         seg = layout.segments[0]
-        root = self.find(seg.space)
-        touched = (root != seg.space or any(self.find(s) == root for s in range(len(self._parent)) if s != root)
-                   or self._units[root] != self._widths[seg.space] or seg.per != 1 or self._reasons.get(root)
-                   or self.family(root) != Family.ANY or self._partitions[root] != 1)
-        if touched or any(size % seg.block for size in sizes) or sum(sizes) != seg.size:
+        if not self._untouched(seg) or any(size % seg.block for size in sizes) or sum(sizes) != seg.size:
             self.block(layout, node, "splits the unit axis into parts that cannot grow on their own")
             return None
         producer = next(p for p in self.producers if p.space == seg.space)
@@ -146,6 +142,26 @@ class Analysis:
         self._children[seg.space] = parts
         self.producers = [p for p in self.producers if p.space != seg.space]
         return parts
+
+    def _untouched(self, seg: Segment) -> bool:
+        """A space nothing has joined, coarsened, limited or split yet: it may still be split."""
+        if seg.space is None or seg.space in self._children or seg.per != 1:
+            return False
+        root = self.find(seg.space)
+        return (root == seg.space and not any(self.find(s) == root for s in range(len(self._parent)) if s != root)
+                and self._units[root] == self._widths[seg.space] and not self._reasons.get(root)
+                and self.family(root) == Family.ANY and self._partitions[root] == 1)
+
+    def _refined_like(self, layout: Layout, target: Layout, node: gs.Node) -> Layout:
+        """A plain space meeting a concatenation of spaces (GhostNet's [primary; cheap] added to
+        a plain residual, or gated by a squeeze-excitation) is split into matching parts."""
+        if (len(layout.segments) != 1 or len(target.segments) < 2 or layout.axis != target.axis
+                or layout.outer != target.outer or layout.size != target.size or layout.outer != 1
+                or any(t.space is None or t.per != 1 for t in target.segments)
+                or not self._untouched(layout.segments[0])):
+            return layout
+        parts = self.refine(layout, [t.size for t in target.segments], node)
+        return layout if parts is None else Layout(layout.axis, layout.rank, tuple(parts))
 
     def canonical(self, layout: Layout) -> Layout:
         """A layout over group roots, with split spaces replaced by their parts."""
@@ -244,6 +260,8 @@ class Analysis:
         attention) as blocks of r positions, so both groups move r query heads per key head."""
         if not layouts:
             return None
+        widest = max(layouts, key=lambda layout: len(layout.segments))
+        layouts = [self._refined_like(layout, widest, node) for layout in layouts]
         first = layouts[0]
         if any(s in self._children for layout in layouts for s in layout.spaces):
             self.block(layouts, node, "joins units whose space was split into parts")

@@ -36,7 +36,7 @@ PINNED = {  # groups, widenable, widenable per kind
     "hf_llama": (6, 5, TRANSFORMER), "hf_vit": (6, 5, TRANSFORMER),
     "hf_t5_encoder": (5, 4, {"hidden": 1, "heads": 1, "ffn": 2}),  # one head mapping: a shared position table
     "torch_convnext": (4, 3, {"hidden": 1, "ffn": 2}),
-    "torch_ghostnet": (11, 3, {"channels": 3}), "torch_shufflenet_v1": (6, 0, {}),
+    "torch_ghostnet": (7, 6, {"channels": 6}), "torch_shufflenet_v1": (6, 0, {}),
     "torch_shufflenet_v2": (8, 4, {"channels": 4}), "torch_mixer": (4, 3, {"hidden": 1, "ffn": 2}),
 }
 

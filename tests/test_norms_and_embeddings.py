@@ -366,3 +366,25 @@ def test_units_on_the_rows_of_a_matmul_pass_through():
     }""", {"W": (8, 6), "T": (5, 5), "Wh": (6, 3)})
     assert group_of(model, "MatMul->h")["widenable"]
     widen_checked(model, {"W": 9})
+
+
+def test_plain_units_meeting_a_concatenation_split_to_match():
+    """GhostNet: [primary; cheap] channels gated by a squeeze-excitation of their total width
+    and added to a plain residual: those plain spaces are split into matching parts."""
+    model = build(HEAD + """
+    g (float[1, 6, 4, 4] x) => (float[1, 2, 4, 4] y) {
+        s = Conv(x, Ws)
+        p = Conv(s, Wp)
+        c = Conv<group=3, pads=[1, 1, 1, 1]>(p, Wd)
+        cat = Concat<axis=1>(p, c)
+        m = GlobalAveragePool(cat)
+        e = Conv(m, We)
+        gate = Sigmoid(e)
+        gated = Mul(cat, gate)
+        r = Add(gated, s)
+        y = Conv(r, Wy)
+    }""", {"Ws": (6, 6, 1, 1), "Wp": (3, 6, 1, 1), "Wd": (3, 1, 3, 3), "We": (6, 6, 1, 1), "Wy": (2, 6, 1, 1)})
+    for producer in ("Conv->s", "Conv->p", "Conv->e"):
+        assert group_of(model, producer)["widenable"], producer
+    widen_checked(model, {}, widen_all="x2")
+    widen_checked(model, {}, widen_all="x1.5")
