@@ -23,6 +23,8 @@ _NOT_FOLDABLE = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUni
 # Initializers up to this many elements are kept as values in the shape-inference skeleton,
 # so that data propagation sees shape constants; larger ones are declared by type only.
 _SKELETON_VALUE_LIMIT = 64
+# Weights (bytes) up to which shapes left open are observed by running the model (see probe).
+_PROBE_WEIGHT_LIMIT = 8 << 30
 
 
 def import_model(model: onnx.ModelProto) -> gs.Graph:
@@ -47,6 +49,10 @@ def observe_shapes(graph: gs.Graph) -> None:
                                                                             and not d.startswith("unk__"))
                                        for d in t.shape) for t in tensors):
         return
+    weights = sum(int(np.prod(t.shape)) * np.dtype(t.dtype).itemsize for t in graph.tensors().values()
+                  if isinstance(t, gs.Constant) and t.dtype is not None)
+    if weights > _PROBE_WEIGHT_LIMIT:
+        return  # the runs materialize every weight once: beyond this, shape inference alone
     shapes = probe.observe(_probe_model(graph), [t.name for t in tensors])
     for tensor in tensors:
         seen = shapes.get(tensor.name)
