@@ -11,6 +11,8 @@ import onnx_graphsurgeon as gs
 
 from . import deepening as D
 from . import graph as G
+from . import handoff as H
+from . import splitting as S
 from . import widening as W
 from .errors import Net2NetError, VerificationError
 from .groups import Analysis, analyze
@@ -35,12 +37,19 @@ class Inspection:
 
 @dataclass
 class WidenResult:
+    """`widened`: per group, the unit mapping (new unit j copies old unit mapping[j]), replica
+    counts and the split of the outgoing weights; `changed`: parameters rewritten or added,
+    with old and new shapes; `exact` is False when --noise made the model approximate."""
+
     model: onnx.ModelProto
     widened: list[dict]
     parameters_before: int
     parameters_after: int
     report: Report | None = None
     blocked: list[dict] = field(default_factory=list)
+    changed: list[dict] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    exact: bool = True
 
 
 def _prepare(source: str | os.PathLike[str] | onnx.ModelProto) -> tuple[LoadedModel, gs.Graph, Analysis]:
@@ -70,20 +79,23 @@ def inspect(source: str | os.PathLike[str] | onnx.ModelProto) -> Inspection:
 def widen_model(source: str | os.PathLike[str] | onnx.ModelProto, targets: dict[str, int | float | str],
                 seed: int = 0, noise: float = 0.0, verify: bool = True,
                 verify_options: dict | None = None, widen_all: int | float | str | None = None,
-                optional: bool = False) -> WidenResult:
+                optional: bool = False, split: str = S.DEFAULT_MODE, split_scale: float | None = None) -> WidenResult:
     """Widen the named layers (and with `widen_all`, every widenable group by that factor);
-    verify against the original unless told not to."""
+    verify against the original unless told not to. `split` shares each unit's outgoing
+    weights among its replicas: 'equal', 'random' or 'antithetic' (see splitting.py)."""
     loaded, graph, analysis = _prepare(source)
     before = parameter_count(graph)
+    splitting = S.Split(split, split_scale, seed)
     widenings = W.resolve(analysis, targets, widen_all, optional)
     if not widenings and not optional and widen_all is None:
         raise Net2NetError("nothing to widen: no target given")
-    W.apply(graph, analysis, widenings, seed=seed, noise=noise)
+    written = W.apply(graph, analysis, widenings, seed=seed, noise=noise, split=splitting)
     model = G.export_model(graph, loaded.model)
-    result = WidenResult(model, [{"group": w.group.id, "targets": w.targets, "old": w.old, "new": w.new}
-                                 for w in widenings], before, parameter_count(graph),
+    result = WidenResult(model, [w.to_json(splitting) for w in widenings], before, parameter_count(graph),
                          blocked=[{"group": g.id, "width": g.width, "reason": g.reason}
-                                  for g in analysis.groups if not g.widenable])
+                                  for g in analysis.groups if not g.widenable],
+                         changed=H.changed_initializers(loaded.model, model, written),
+                         warnings=H.round_trip_warnings(loaded.model), exact=noise == 0.0)
     if verify:
         result.report = compare(loaded.model, model, **(verify_options or {}))
         if not result.report.passed and noise == 0.0:
@@ -93,11 +105,12 @@ def widen_model(source: str | os.PathLike[str] | onnx.ModelProto, targets: dict[
 
 def widen(source: str | os.PathLike[str] | onnx.ModelProto, targets: dict[str, int | float | str] | None = None,
           seed: int = 0, noise: float = 0.0, verify: bool = True, widen_all: int | float | str | None = None,
-          **verify_options) -> onnx.ModelProto:
+          split: str = S.DEFAULT_MODE, split_scale: float | None = None, **verify_options) -> onnx.ModelProto:
     """Net2Wider: `targets` maps a layer (node, weight or module name, group id) to a width:
     an int is absolute, a float or 'x1.5' a factor. Returns the widened ModelProto; raises
     VerificationError (with the report) when onnxruntime finds a mismatch."""
-    return widen_model(source, targets or {}, seed, noise, verify, verify_options, widen_all).model
+    return widen_model(source, targets or {}, seed, noise, verify, verify_options, widen_all,
+                       split=split, split_scale=split_scale).model
 
 
 def verify(original: str | os.PathLike[str] | onnx.ModelProto, rewritten: str | os.PathLike[str] | onnx.ModelProto,
@@ -108,17 +121,25 @@ def verify(original: str | os.PathLike[str] | onnx.ModelProto, rewritten: str | 
 
 @dataclass
 class DeepenResult:
+    """`inserted`: per target, the new block's name, nodes, weights and a description in
+    framework terms (`block`); `changed`: the parameters added, with their shapes."""
+
     model: onnx.ModelProto
     inserted: list[dict]
     parameters_before: int
     parameters_after: int
     report: Report | None = None
+    changed: list[dict] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    exact: bool = True
 
 
 def deepen_model(source: str | os.PathLike[str] | onnx.ModelProto, targets: list[str], kernel: int | None = None,
                  residual: bool = False, batch_norm: bool = True, seed: int = 0, verify: bool = True,
-                 verify_options: dict | None = None, optional: bool = False) -> DeepenResult:
-    """Insert an identity layer (or a zero-initialized residual block) after each target."""
+                 verify_options: dict | None = None, optional: bool = False,
+                 name: str | None = None) -> DeepenResult:
+    """Insert an identity layer (or a zero-initialized residual block) after each target;
+    `name` is a template for the new blocks' names (see deepening.NameTemplate)."""
     if isinstance(targets, str):
         targets = [targets]
     if not targets:
@@ -133,12 +154,14 @@ def deepen_model(source: str | os.PathLike[str] | onnx.ModelProto, targets: list
             if id(layer) not in seen:
                 seen.add(id(layer))
                 layers.append((target if not is_pattern(target) else G.label(layer), layer))
-    taken = D.taken_prefixes(graph)
-    inserted = [D.insert(graph, t, layer, kernel, residual, batch_norm, rng, taken) for t, layer in layers]
+    namer = D.NameTemplate(name, graph)
+    inserted = [D.insert(graph, t, layer, kernel, residual, batch_norm, rng, namer) for t, layer in layers]
     graph.toposort()
     G.infer_shapes(graph)
     model = G.export_model(graph, loaded.model)
-    result = DeepenResult(model, [vars(i) for i in inserted], before, parameter_count(graph))
+    result = DeepenResult(model, [i.to_json(model) for i in inserted], before, parameter_count(graph),
+                          changed=H.changed_initializers(loaded.model, model, []),
+                          warnings=H.round_trip_warnings(loaded.model))
     if verify:
         result.report = compare(loaded.model, model, **(verify_options or {}))
         if not result.report.passed:
@@ -148,8 +171,15 @@ def deepen_model(source: str | os.PathLike[str] | onnx.ModelProto, targets: list
 
 def deepen(source: str | os.PathLike[str] | onnx.ModelProto, targets: list[str] | str, kernel: int | None = None,
            residual: bool = False, batch_norm: bool = True, seed: int = 0, verify: bool = True,
-           **verify_options) -> onnx.ModelProto:
+           name: str | None = None, **verify_options) -> onnx.ModelProto:
     """Net2Deeper: after each target layer's tail (bias, BatchNorm, activation) insert an identity
     layer, exact when the activation is idempotent (ReLU, Clip); `residual=True` inserts
     x + W2 f(W1 x) with W2 = 0 instead, exact for any activation. Returns the ModelProto."""
-    return deepen_model(source, targets, kernel, residual, batch_norm, seed, verify, verify_options).model
+    return deepen_model(source, targets, kernel, residual, batch_norm, seed, verify, verify_options, name=name).model
+
+
+def save_weights(source, path: str | os.PathLike[str]) -> list[str]:
+    """Write a model's parameters (a path, ModelProto, or a widen/deepen result) as a
+    safetensors file keyed by initializer name, atomically; returns the names written."""
+    model = source.model if hasattr(source, "model") else load_model(source).model
+    return H.save_weights(model, path)

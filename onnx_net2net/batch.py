@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 from . import api
+from . import handoff as H
 from .errors import Net2NetError
 from .io import load_model, save_model
 from .plan import Plan
@@ -29,6 +30,7 @@ MAX_DEFAULT_WORKERS = 4
 class Job:
     source: Path
     output: Path
+    weights: Path | None = None   # where the grown parameters go, when asked
 
 
 def collect_models(items: list[str]) -> list[Path]:
@@ -48,7 +50,7 @@ def collect_models(items: list[str]) -> list[Path]:
     return found
 
 
-def plan_jobs(models: list[Path], outdir: str | Path, force: bool) -> list[Job]:
+def plan_jobs(models: list[Path], outdir: str | Path, force: bool, weights: bool = False) -> list[Job]:
     """Outputs mirror input names under OUTDIR; clashes, inputs and existing files are refused up front."""
     outdir = Path(outdir)
     if outdir.exists() and not outdir.is_dir():
@@ -65,7 +67,16 @@ def plan_jobs(models: list[Path], outdir: str | Path, force: bool) -> list[Job]:
             raise Net2NetError(f"{output}: would overwrite an input model; choose another output directory")
         if output.exists() and not force:
             raise Net2NetError(f"{output}: already exists; pass --force to overwrite it")
-        jobs.append(Job(model, output))
+        weights_path = None
+        if weights:
+            weights_path = output.with_suffix(".safetensors")
+            if weights_path.name in taken and taken[weights_path.name] != model:
+                raise Net2NetError(f"{model} and {taken[weights_path.name]} would both write {weights_path}")
+            taken[weights_path.name] = model
+            if weights_path.resolve() in inputs:
+                raise Net2NetError(f"{weights_path}: would overwrite an input model; choose another output directory")
+            H.check_weights_path(weights_path, [], force, output)
+        jobs.append(Job(model, output, weights_path))
     return jobs
 
 
@@ -77,20 +88,27 @@ def run_job(plan: Plan, job: Job) -> dict:
     """Apply every step to one model, verify once, write atomically; never raises."""
     start = time.perf_counter()
     entry: dict = {"model": str(job.source), "output": str(job.output), "status": "error", "error": None,
-                   "steps_done": 0, "steps": [], "parameters": None, "verification": None, "seconds": None}
+                   "steps_done": 0, "steps": [], "parameters": None, "verification": None, "seconds": None,
+                   "exact": None, "weights": None, "changed": None, "warnings": []}
     try:
         loaded = load_model(job.source)
         model, before, after = loaded.model, None, None
+        touched: set[str] = set()
         for number, step in enumerate(plan.steps, start=1):
             seed = plan.seed if step.seed is None else step.seed
             if step.kind == "widen":
                 result = api.widen_model(model, step.targets, seed=seed, noise=step.noise, verify=False,
-                                         widen_all=step.widen_all, optional=step.optional)
+                                         widen_all=step.widen_all, optional=step.optional, split=step.split,
+                                         split_scale=step.split_scale)
                 entry["steps"].append({"step": number, "kind": "widen", "widened": result.widened})
             else:
                 result = api.deepen_model(model, step.targets, kernel=step.kernel, residual=step.residual,
-                                          batch_norm=step.bn, seed=seed, verify=False, optional=step.optional)
+                                          batch_norm=step.bn, seed=seed, verify=False, optional=step.optional,
+                                          name=step.name)
                 entry["steps"].append({"step": number, "kind": "deepen", "inserted": result.inserted})
+            if number == 1:
+                entry["warnings"] = result.warnings
+            touched.update(c["name"] for c in result.changed)
             model = result.model
             before = result.parameters_before if before is None else before
             after = result.parameters_after
@@ -99,11 +117,17 @@ def run_job(plan: Plan, job: Job) -> dict:
         report = compare(loaded.model, model, **plan.verify_options)
         entry["verification"] = report.to_json()
         exact = all(step.noise == 0 for step in plan.steps)
+        entry["exact"] = exact
         if not report.passed and exact:
             entry["status"] = "mismatch"
             entry["error"] = "outputs differ from the original's; nothing written"
         else:
+            tensors = H.weights(model) if job.weights else None
             save_model(model, job.output, external_data=loaded.external_data)
+            if job.weights:
+                H.write_weights_after(tensors, job.weights, job.output)
+                entry["weights"] = str(job.weights)
+                entry["changed"] = H.changed_initializers(loaded.model, model, sorted(touched))
             entry["status"] = "ok"
     except Net2NetError as exc:
         entry["error"] = str(exc)
@@ -143,7 +167,8 @@ def _worker_job(plan: Plan, job: Job) -> dict:
 
 def _failed(job: Job, error: str) -> dict:
     return {"model": str(job.source), "output": str(job.output), "status": "error", "error": error,
-            "steps_done": 0, "steps": [], "parameters": None, "verification": None, "seconds": None}
+            "steps_done": 0, "steps": [], "parameters": None, "verification": None, "seconds": None,
+            "exact": None, "weights": None, "changed": None, "warnings": []}
 
 
 def run(plan: Plan, jobs: list[Job], workers: int, progress: Callable[[dict], None] | None = None) -> list[dict]:
@@ -191,9 +216,12 @@ def run(plan: Plan, jobs: list[Job], workers: int, progress: Callable[[dict], No
 def _remove_partial_files(jobs: list[Job]) -> None:
     """Temporary files of interrupted atomic writes (named .<output>.*.tmp)."""
     for job in jobs:
-        for leftover in job.output.parent.glob(f".{job.output.name}.*"):
-            if leftover.name.endswith(".tmp"):
-                leftover.unlink(missing_ok=True)
+        for written in (job.output, job.weights):
+            if written is None:
+                continue
+            for leftover in written.parent.glob(f".{written.name}.*"):
+                if leftover.name.endswith(".tmp"):
+                    leftover.unlink(missing_ok=True)
 
 
 def exit_code(results: list[dict]) -> int:

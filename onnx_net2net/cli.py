@@ -10,10 +10,12 @@ import click
 import time
 
 from . import api, batch
+from . import handoff as H
 from .plan import load_plan
+from .splitting import CLI_MODES, DEFAULT_MODE
 from .errors import Net2NetError, VerificationError
 from .io import check_output_path, load_model, save_model, save_text
-from .report import format_batch, format_deepened, format_groups, format_report, format_widened
+from .report import format_batch, format_deepened, format_groups, format_report, format_widened, handoff_json
 from .verification import DEFAULT_DIM, DEFAULT_INT_RANGE, Report, compare, load_inputs
 
 
@@ -115,15 +117,23 @@ def inspect(model: str, as_json: bool) -> None:
 @click.option("--all", "widen_all", metavar="xF", help="Also widen every other widenable group by factor F.")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Where to write the wider model.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random unit mapping.")
+@click.option("--split", type=click.Choice(CLI_MODES), default=DEFAULT_MODE, show_default=True,
+              help="How replicas share their unit's outgoing weights: equal (w/k, replicas stay copies), "
+                   "random (random positive shares) or antithetic (w/k ± noise cancelling over replicas). "
+                   "All exact; random and antithetic let replicas diverge in training.")
+@click.option("--split-scale", type=float, help="Spread of random shares (log scale) or antithetic noise "
+              "(relative to the weight's std); default by mode.")
 @click.option("--noise", type=float, default=0.0, show_default=True,
-              help="Std of noise added to the copied units' incoming weights, relative to the weights' std. "
-                   "Breaks symmetry for training; NOT exactly function-preserving (verification is reported, "
-                   "not enforced).")
+              help="Std of noise added to the copied units' incoming weights, relative to the weights' std "
+                   "(the paper's symmetry breaking). NOT exact: the deviation is reported and the model written.")
+@click.option("--weights-out", type=click.Path(dir_okay=False), help="Also write the grown parameters as a "
+              "safetensors file keyed by initializer name.")
 @click.option("--no-verify", is_flag=True, help="Skip the onnxruntime comparison.")
-@click.option("--force", is_flag=True, help="Overwrite OUTPUT if it exists.")
+@click.option("--force", is_flag=True, help="Overwrite OUTPUT (and the weights file) if it exists.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
 @verify_options
-def widen(model, targets, widen_all, output, seed, noise, no_verify, force, as_json, **verify) -> None:
+def widen(model, targets, widen_all, output, seed, split, split_scale, noise, weights_out, no_verify, force, as_json,
+          **verify) -> None:
     """Widen layers of MODEL: TARGET is a node, weight or module name, a group id from
     inspect, or a glob pattern ('layer*.conv2'); WIDTH is an absolute size (96) or a factor
     (x1.5). Nothing is written unless onnxruntime confirms the outputs are unchanged."""
@@ -137,16 +147,28 @@ def widen(model, targets, widen_all, output, seed, noise, no_verify, force, as_j
         requests[name] = width
     loaded = load_model(model)
     out = check_output_path(output, [loaded.path], force)
+    weights = H.check_weights_path(weights_out, [loaded.path], force, out) if weights_out else None
     result = api.widen_model(loaded.model, requests, seed=seed, noise=noise, verify=not no_verify,
-                             verify_options=_verify_kwargs(**verify), widen_all=widen_all)
-    save_model(result.model, out, external_data=loaded.external_data)
+                             verify_options=_verify_kwargs(**verify), widen_all=widen_all, split=split,
+                             split_scale=split_scale)
+    _save(result, out, weights, loaded.external_data)
     if as_json:
         _emit_json({"schema": 1, "model": model, "output": str(out), "widened": result.widened,
                     "blocked": result.blocked,
                     "parameters": {"before": result.parameters_before, "after": result.parameters_after},
-                    "verification": result.report.to_json() if result.report else None})
+                    **handoff_json(result, weights)})
     else:
-        click.echo(format_widened(result, str(out)), err=True)
+        click.echo(format_widened(result, str(out), weights), err=True)
+
+
+def _save(result, out, weights, external_data: bool) -> None:
+    """Round-trip warnings, then the model and (once it is written) its weights, both atomic."""
+    for line in result.warnings:
+        click.echo(f"warning: {line}", err=True)
+    tensors = H.weights(result.model) if weights else None   # refuses unwritable dtypes before any write
+    save_model(result.model, out, external_data=external_data)
+    if weights:
+        H.write_weights_after(tensors, weights, out)
 
 
 @main.command()
@@ -158,25 +180,32 @@ def widen(model, targets, widen_all, output, seed, noise, no_verify, force, as_j
               help="Insert x + W2 f(W1 x) with W2 = 0 (exact for any activation, trainable from step one).")
 @click.option("--no-bn", is_flag=True, help="Do not give the new layer an identity BatchNorm when the target has one.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the residual block's W1.")
+@click.option("--name", "name_template", metavar="TEMPLATE", help="Name of each new block: {target} (the layer's "
+              "module name), {i} (first free number), {n} (position in this call); default '{target}.n2n_deep{i}'.")
+@click.option("--weights-out", type=click.Path(dir_okay=False), help="Also write the grown parameters as a "
+              "safetensors file keyed by initializer name.")
 @click.option("--no-verify", is_flag=True, help="Skip the onnxruntime comparison.")
-@click.option("--force", is_flag=True, help="Overwrite OUTPUT if it exists.")
+@click.option("--force", is_flag=True, help="Overwrite OUTPUT (and the weights file) if it exists.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
 @verify_options
-def deepen(model, targets, output, kernel, residual, no_bn, seed, no_verify, force, as_json, **verify) -> None:
+def deepen(model, targets, output, kernel, residual, no_bn, seed, name_template, weights_out, no_verify, force,
+           as_json, **verify) -> None:
     """Insert an identity-initialized layer after each TARGET's tail (bias, BatchNorm,
     activation); TARGET is a node, weight or module name, or a glob pattern. Exact when the
     activation is idempotent (ReLU, Clip); --residual is exact for any activation."""
     loaded = load_model(model)
     out = check_output_path(output, [loaded.path], force)
+    weights = H.check_weights_path(weights_out, [loaded.path], force, out) if weights_out else None
     result = api.deepen_model(loaded.model, list(targets), kernel=kernel, residual=residual, batch_norm=not no_bn,
-                              seed=seed, verify=not no_verify, verify_options=_verify_kwargs(**verify))
-    save_model(result.model, out, external_data=loaded.external_data)
+                              seed=seed, verify=not no_verify, verify_options=_verify_kwargs(**verify),
+                              name=name_template)
+    _save(result, out, weights, loaded.external_data)
     if as_json:
         _emit_json({"schema": 1, "model": model, "output": str(out), "inserted": result.inserted,
                     "parameters": {"before": result.parameters_before, "after": result.parameters_after},
-                    "verification": result.report.to_json() if result.report else None})
+                    **handoff_json(result, weights)})
     else:
-        click.echo(format_deepened(result, str(out)), err=True)
+        click.echo(format_deepened(result, str(out), weights), err=True)
 
 
 @main.command()
@@ -187,14 +216,16 @@ def deepen(model, targets, output, kernel, residual, no_bn, seed, no_verify, for
 @click.option("--workers", type=click.IntRange(min=1), help="Models processed in parallel "
               f"(default: number of CPUs, at most {batch.MAX_DEFAULT_WORKERS}).")
 @click.option("--report", "report_file", type=click.Path(dir_okay=False), help="Write a JSON report here.")
+@click.option("--weights-out", is_flag=True, help="Also write each grown model's parameters as "
+              "OUTDIR/<model name>.safetensors (as the plan's weights_out = true).")
 @click.option("--force", is_flag=True, help="Overwrite existing outputs.")
-def apply(plan_file, models, outdir, workers, report_file, force) -> None:
+def apply(plan_file, models, outdir, workers, report_file, weights_out, force) -> None:
     """Apply PLAN (TOML or JSON widen/deepen steps) to MODELS (files, directories or globs).
 
     Exit code 0 when every model succeeded, 1 when any failed verification, 2 when any failed
     for another reason. A failed model leaves no file behind."""
     plan = load_plan(plan_file)
-    jobs = batch.plan_jobs(batch.collect_models(list(models)), outdir, force)
+    jobs = batch.plan_jobs(batch.collect_models(list(models)), outdir, force, weights_out or plan.weights_out)
     workers = workers or batch.default_workers(len(jobs))
     plural = lambda n, word: f"{n} {word}{'' if n == 1 else 's'}"  # noqa: E731
     click.echo(f"applying {plan_file} ({plural(len(plan.steps), 'step')}) to {plural(len(jobs), 'model')} "

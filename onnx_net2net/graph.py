@@ -132,6 +132,12 @@ def fold_constants(graph: gs.Graph) -> int:
     for node in list(graph.nodes):
         if not is_default_domain(node) or node.op in _NOT_FOLDABLE or has_subgraph(node):
             continue
+        if _cast_like_constant(node):  # only the other input's dtype is read (dynamo's zero biases)
+            node.outputs[0].to_constant(np.asarray(node.inputs[0].values).astype(node.inputs[1].dtype))
+            node.outputs.clear()
+            node.inputs.clear()
+            folded += 1
+            continue
         if node.op != "Constant" and not all(isinstance(t, gs.Constant) or is_empty(t) for t in node.inputs):
             continue
         if node.op != "Constant" and not node.inputs:
@@ -147,6 +153,11 @@ def fold_constants(graph: gs.Graph) -> int:
     if folded:
         graph.cleanup(remove_unused_graph_inputs=False).toposort()
     return folded
+
+
+def _cast_like_constant(node: gs.Node) -> bool:
+    return (node.op == "CastLike" and len(node.inputs) == 2 and isinstance(node.inputs[0], gs.Constant)
+            and node.inputs[1].dtype is not None and not isinstance(node.inputs[1], gs.Constant))
 
 
 def _evaluate(node: gs.Node, version: int) -> list[np.ndarray]:

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .errors import Net2NetError
+from .splitting import CLI_MODES, DEFAULT_MODE
 from .targets import FACTOR
 
 if sys.version_info >= (3, 11):
@@ -16,9 +17,9 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-_TOP_KEYS = {"seed", "step", "steps", "atol", "rtol", "dims"}
-_WIDEN_KEYS = {"widen", "noise", "optional", "seed"}
-_DEEPEN_KEYS = {"deepen", "residual", "kernel", "bn", "optional", "seed"}
+_TOP_KEYS = {"seed", "step", "steps", "atol", "rtol", "dims", "weights_out"}
+_WIDEN_KEYS = {"widen", "noise", "optional", "seed", "split", "split_scale"}
+_DEEPEN_KEYS = {"deepen", "residual", "kernel", "bn", "optional", "seed", "name"}
 
 
 @dataclass
@@ -32,6 +33,9 @@ class Step:
     bn: bool = True
     optional: bool = False
     seed: int | None = None
+    split: str = DEFAULT_MODE
+    split_scale: float | None = None
+    name: str | None = None
 
 
 @dataclass
@@ -42,10 +46,11 @@ class Plan:
     rtol: float | None = None
     dims: dict[str, int] = field(default_factory=dict)
     source: str = "<plan>"
+    weights_out: bool = False   # also write OUTDIR/<model name>.safetensors
 
     def to_json(self) -> dict:
         return {"seed": self.seed, "atol": self.atol, "rtol": self.rtol, "dims": self.dims,
-                "steps": [asdict(s) for s in self.steps]}
+                "weights_out": self.weights_out, "steps": [asdict(s) for s in self.steps]}
 
     @property
     def verify_options(self) -> dict:
@@ -86,6 +91,7 @@ def parse_plan(data: object, source: str = "<plan>") -> Plan:
     if not isinstance(dims, dict) or not all(isinstance(v, int) and not isinstance(v, bool) for v in dims.values()):
         raise fail("plan", "'dims' must map dim names to integers")
     plan.dims = dict(dims)
+    plan.weights_out = _bool(data.get("weights_out", False), fail, "plan", "weights_out")
     for number, raw in enumerate(raw_steps, start=1):
         plan.steps.append(_parse_step(raw, f"step {number}", fail))
     return plan
@@ -117,7 +123,14 @@ def _parse_step(raw: object, where: str, fail) -> Step:
             if problem:
                 raise fail(f"{where}.widen.{name}", problem)
         noise = _number(raw.get("noise", 0.0), fail, where, "noise") or 0.0
-        return Step("widen", targets, widen_all=widen_all, noise=noise, optional=optional, seed=seed)
+        split = raw.get("split", DEFAULT_MODE)
+        if split not in CLI_MODES:
+            raise fail(f"{where}.split", f"{split!r} must be one of {', '.join(CLI_MODES)}")
+        scale = _number(raw.get("split_scale"), fail, where, "split_scale")
+        if scale is not None and scale < 0:
+            raise fail(f"{where}.split_scale", f"{scale} must not be negative")
+        return Step("widen", targets, widen_all=widen_all, noise=noise, optional=optional, seed=seed, split=split,
+                    split_scale=scale)
     targets = raw["deepen"]
     if isinstance(targets, str):
         targets = [targets]
@@ -128,8 +141,12 @@ def _parse_step(raw: object, where: str, fail) -> Step:
         kernel = _int(kernel, fail, where, "kernel")
         if kernel < 1 or kernel % 2 == 0:
             raise fail(f"{where}.kernel", f"{kernel} must be a positive odd number")
+    name = raw.get("name")
+    if name is not None and (not isinstance(name, str) or not name):
+        raise fail(f"{where}.name", f"{name!r} must be a name template such as '{{target}}_deep{{i}}'")
     return Step("deepen", list(targets), residual=_bool(raw.get("residual", False), fail, where, "residual"),
-                kernel=kernel, bn=_bool(raw.get("bn", True), fail, where, "bn"), optional=optional, seed=seed)
+                kernel=kernel, bn=_bool(raw.get("bn", True), fail, where, "bn"), optional=optional, seed=seed,
+                name=name)
 
 
 def _width_problem(width: int | float | str) -> str | None:
