@@ -10,7 +10,10 @@ from the first step while the function stays exact:
   (one share per replica, the same for every outgoing weight and every consumer) or per
   outgoing entry;
 - antithetic: every replica gets w/k + e, with noise terms e that cancel exactly over a
-  unit's replicas, scaled by the weight's standard deviation.
+  unit's replicas, scaled by the weight's standard deviation;
+- fresh: the original unit keeps all of w and its copies get 0. A copy then feeds nothing, so
+  its incoming weights are free too: they get noise (the copy becomes a new feature near its
+  source) and the function is still exact. The copies' outgoing weights grow from zero.
 
 Shares and noise are computed in float64 and cast back to the weight's dtype once.
 """
@@ -25,12 +28,12 @@ import numpy as np
 from .errors import Net2NetError
 from .layout import Layout, Mapping
 
-MODES = ("equal", "random", "random-unit", "random-entry", "antithetic")
+MODES = ("equal", "random", "random-unit", "random-entry", "antithetic", "fresh")
 # The modes the CLI offers; 'random' is one of the two random variants (see RANDOM_IS).
-CLI_MODES = ("equal", "random", "antithetic")
+CLI_MODES = ("equal", "random", "antithetic", "fresh")
 RANDOM_IS = "random-entry"
 DEFAULT_MODE = "antithetic"
-DEFAULT_SCALES = {"equal": 0.0, "random-unit": 1.0, "random-entry": 1.0, "antithetic": 0.5}
+DEFAULT_SCALES = {"equal": 0.0, "random-unit": 1.0, "random-entry": 1.0, "antithetic": 0.5, "fresh": 1.0}
 
 _SLAB_ELEMENTS = 1 << 22
 
@@ -60,6 +63,16 @@ class Split:
         return DEFAULT_SCALES[self.kind] if self.scale is None else float(self.scale)
 
     @property
+    def incoming_noise(self) -> float:
+        """'fresh' copies give nothing to their consumers, so their incoming weights are free:
+        they get noise of this std (relative to the weight's), and the model stays exact."""
+        return self.amount if self.kind == "fresh" else 0.0
+
+    @property
+    def exact_with_noise(self) -> bool:
+        return self.kind == "fresh"
+
+    @property
     def per_entry(self) -> bool:
         return self.kind in ("random-entry", "antithetic") and self.amount > 0
 
@@ -74,6 +87,10 @@ def unit_shares(mapping: Mapping, split: Split, group_index: int) -> np.ndarray:
     The shares of each old unit's replicas sum to 1 (in float64). Per-entry modes still have
     per-unit shares: 1/k, the mean a replica receives."""
     counts = mapping.counts[mapping.source].astype(np.float64)
+    if split.kind == "fresh":   # the original keeps everything, copies start with nothing
+        first = np.zeros(mapping.width)
+        first[np.unique(mapping.source, return_index=True)[1]] = 1.0
+        return first
     if split.kind != "random-unit" or split.amount == 0:
         return 1.0 / counts
     rng = np.random.default_rng([split.seed, group_index, 1 << 21])
@@ -143,7 +160,7 @@ def _split_rows(rows: np.ndarray, index, divisor, shares, split: Split, rng, spr
     for start in range(0, rows.shape[0], step):
         slab = rows[start:start + step].astype(np.float64)
         if not per_entry:
-            if split.kind == "random-unit" and split.amount > 0:
+            if split.kind == "fresh" or split.kind == "random-unit" and split.amount > 0:
                 slab *= shares
             else:
                 slab /= divisor

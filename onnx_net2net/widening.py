@@ -228,8 +228,9 @@ def _transform(values: np.ndarray, effects: list[Effect], ctx: _Context, rng: np
         if effect.kind == "contract":
             widened = S.contract(widened, effect.axis, index, counts, S.element_shares(layout, ctx.shares),
                                  ctx.split, rng, _spread(values, ctx.split))
-        elif effect.incoming and ctx.noise > 0:
-            widened = _add_noise(widened, values, effect.axis, layout, ctx.fresh, ctx.noise, ctx.noise_rng)
+        elif effect.incoming and (ctx.noise > 0 or ctx.split.incoming_noise > 0):
+            noise = float(np.hypot(ctx.noise, ctx.split.incoming_noise))   # independent draws add in variance
+            widened = _add_noise(widened, values, effect.axis, layout, ctx.fresh, noise, ctx.noise_rng)
         values = widened
     return values
 
