@@ -23,9 +23,17 @@ _NOT_FOLDABLE = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUni
 _SKELETON_VALUE_LIMIT = 64
 
 
+# A weight folded from Transpose(initializer) (how exporters spell Linear on 3-D inputs) keeps
+# where it came from in its doc_string, so grown weights can be handed back under that name.
+TRANSPOSE_OF = "onnx-net2net:transpose-of"
+
+
 def import_model(model: onnx.ModelProto) -> gs.Graph:
     """Import into onnx-graphsurgeon, fold constant subgraphs into weights, and infer shapes."""
     graph = gs.import_onnx(model)
+    graph.n2n_origins = {t.name: t.doc_string for t in model.graph.initializer
+                         if t.doc_string.startswith(TRANSPOSE_OF)}
+    graph.n2n_declared = {t.name for t in model.graph.initializer}
     fold_constants(graph)
     infer_shapes(graph)
     return graph
@@ -145,6 +153,7 @@ def fold_constants(graph: gs.Graph) -> int:
         if any(t in graph.outputs for t in node.outputs):
             continue
         values = _evaluate(node, opset(graph))
+        _note_transpose(graph, node)
         for out, value in zip(node.outputs, values):
             out.to_constant(np.asarray(value))
         node.outputs.clear()
@@ -153,6 +162,18 @@ def fold_constants(graph: gs.Graph) -> int:
     if folded:
         graph.cleanup(remove_unused_graph_inputs=False).toposort()
     return folded
+
+
+def _note_transpose(graph: gs.Graph, node: gs.Node) -> None:
+    """Transpose of an initializer nothing else reads: remember the initializer's name and perm."""
+    if node.op != "Transpose" or len(node.inputs) != 1 or len(node.inputs[0].outputs) != 1:
+        return
+    source = node.inputs[0]
+    if source.name not in getattr(graph, "n2n_declared", ()) or source.name in getattr(graph, "n2n_origins", {}):
+        return   # not an initializer of the model (a Constant node's output), or itself a folded transpose
+    perm = node.attrs.get("perm") or list(reversed(range(len(source.shape))))
+    origins = graph.__dict__.setdefault("n2n_origins", {})
+    origins[node.outputs[0].name] = f"{TRANSPOSE_OF} {source.name} perm={','.join(str(int(p)) for p in perm)}"
 
 
 def _cast_like_constant(node: gs.Node) -> bool:
@@ -254,9 +275,12 @@ def export_model(graph: gs.Graph, original: onnx.ModelProto) -> onnx.ModelProto:
     out.output.extend(OnnxExporter.export_value_info_proto(t, do_type_check=False) for t in graph.outputs)
     interface = {t.name for t in graph.inputs + graph.outputs}
     tensors = [t for t in graph.tensors().values() if t.name not in interface]
+    origins = getattr(graph, "n2n_origins", {})
     for tensor in tensors:
         if isinstance(tensor, gs.Constant):
             _export_initializer(out, tensor)
+            if tensor.name in origins:
+                out.initializer[-1].doc_string = origins[tensor.name]
     out.value_info.extend(OnnxExporter.export_value_info_proto(t, do_type_check=False) for t in tensors
                           if isinstance(t, gs.Variable) and (t.dtype is not None or t.shape is not None))
     if original.ir_version < 4:

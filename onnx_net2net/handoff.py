@@ -19,6 +19,7 @@ import onnx
 from onnx import numpy_helper
 
 from .errors import Net2NetError
+from .graph import TRANSPOSE_OF
 
 # Inputs that only configure shapes, indices or bounds: their constants are not parameters.
 _CONFIG_SLOTS: dict[str, set[int]] = {
@@ -86,25 +87,54 @@ def parameter_names(model: onnx.ModelProto) -> list[str]:
     return names
 
 
+def saved_as(model: onnx.ModelProto) -> dict[str, tuple[str, list[int] | None]]:
+    """Per parameter, the name it is saved under and the permutation that restores the
+    framework's layout: a weight folded from Transpose(fc.weight) goes back as fc.weight."""
+    present = {t.name for t in model.graph.initializer}
+    docs = {t.name: t.doc_string for t in model.graph.initializer}
+    names: dict[str, tuple[str, list[int] | None]] = {}
+    for name in parameter_names(model):
+        names[name] = (name, None)
+        match = re.match(re.escape(TRANSPOSE_OF) + r" (.+) perm=([\d,]+)$", docs[name])
+        if match and match.group(1) not in present:
+            perm = [int(p) for p in match.group(2).split(",")]
+            names[name] = (match.group(1), [int(i) for i in np.argsort(perm)])
+    return names
+
+
 def changed_initializers(before: onnx.ModelProto, after: onnx.ModelProto, written: list[str]) -> list[dict]:
-    """Parameters that a rewrite added or rewrote, with old (None when added) and new shapes."""
+    """Parameters that a rewrite added or rewrote, with old (None when added) and new shapes,
+    and the name the weights file stores them under when that differs (`saved_as`)."""
     old = {t.name: list(t.dims) for t in before.graph.initializer}
     new = {t.name: list(t.dims) for t in after.graph.initializer}
     touched = set(written)
-    return [{"name": n, "old_shape": old.get(n), "new_shape": new[n]} for n in parameter_names(after)
-            if n not in old or old[n] != new[n] or n in touched]
+    changed = []
+    for name, (saved, perm) in saved_as(after).items():
+        if name in old and old[name] == new[name] and name not in touched:
+            continue
+        entry = {"name": name, "old_shape": old.get(name), "new_shape": new[name]}
+        if saved != name and name not in old and saved in old:   # the transposed framework weight
+            entry["old_shape"] = [old[saved][i] for i in np.argsort(perm)]
+        if saved != name:
+            entry["saved_as"] = saved
+            entry["saved_shape"] = [new[name][p] for p in perm]
+        changed.append(entry)
+    return changed
 
 
 def weights(model: onnx.ModelProto) -> dict[str, np.ndarray]:
-    """The parameters as numpy arrays in their own dtypes (bfloat16 and float8 via ml_dtypes)."""
-    wanted = set(parameter_names(model))
+    """The parameters as numpy arrays in their own dtypes (bfloat16 and float8 via ml_dtypes),
+    keyed by initializer name (or the framework name a folded transpose came from)."""
+    wanted = saved_as(model)
     out = {}
     for tensor in model.graph.initializer:
         if tensor.name not in wanted:
             continue
         if tensor.data_type == onnx.TensorProto.FLOAT4E2M1:
             raise Net2NetError(f"weight '{tensor.name}' has dtype FLOAT4E2M1, which a safetensors file cannot hold")
-        out[tensor.name] = np.ascontiguousarray(numpy_helper.to_array(tensor))
+        name, perm = wanted[tensor.name]
+        value = numpy_helper.to_array(tensor)
+        out[name] = np.ascontiguousarray(value if perm is None else np.transpose(value, perm))
     return out
 
 
@@ -175,9 +205,8 @@ def read_weights(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
 def round_trip_warnings(model: onnx.ModelProto) -> list[str]:
     """One line per problem that makes loading weights by name into the source framework fail
     or load the wrong values: generated names, BatchNorm folded into a layer's weights."""
-    params = set(parameter_names(model))
     uses = _uses(model)
-    generated = [n for n in params if GENERATED.search(n)]
+    generated = [onnx_name for onnx_name, (name, _) in saved_as(model).items() if GENERATED.search(name)]
     lines = []
     fused = []
     for node in model.graph.node:

@@ -77,6 +77,35 @@ def test_shape_constants_and_scalars_are_left_out():
     assert H.parameter_names(model) == ["W1"]
 
 
+def test_transposed_weights_go_back_under_the_framework_name(tmp_path):
+    """Linear on 3-D inputs exports as MatMul(x, Transpose(fc.weight)) (torch with
+    do_constant_folding=False or optimize=False): the folded weight is saved as fc.weight in
+    the framework's (out, in) layout, also after a second growth."""
+    model = build(HEAD + """
+    g (float[1, 3, 4] x) => (float[1, 3, 2] y) {
+        t1 = Transpose<perm=[1, 0]>(W1)
+        h = MatMul(x, t1)
+        r = Relu(h)
+        t2 = Transpose<perm=[1, 0]>(W2)
+        y = MatMul(r, t2)
+    }""", {"W1": (6, 4), "W2": (2, 6)})
+    names = {"W1": "fc1.weight", "W2": "fc2.weight"}   # the text format cannot spell dotted names
+    for t in model.graph.initializer:
+        t.name = names[t.name]
+    for node in model.graph.node:
+        node.input[:] = [names.get(i, i) for i in node.input]
+    wide = n2n.widen_model(model, {"t1": 9}, split="equal")
+    assert {c.get("saved_as") for c in wide.changed} == {"fc1.weight", "fc2.weight"}
+    assert {c["saved_as"]: c["old_shape"] for c in wide.changed} == {"fc1.weight": [4, 6], "fc2.weight": [6, 2]}
+    twice = n2n.widen_model(wide.model, {"t1": 12}, split="equal")
+    n2n.save_weights(twice, tmp_path / "w.safetensors")
+    stored = load_file(str(tmp_path / "w.safetensors"))
+    assert set(stored) == {"fc1.weight", "fc2.weight"}
+    source = np.asarray(wide.widened[0]["mapping"])[np.asarray(twice.widened[0]["mapping"])]
+    np.testing.assert_array_equal(stored["fc1.weight"], initializer(model, "fc1.weight")[source])
+    assert stored["fc2.weight"].shape == (2, 12)
+
+
 def test_bfloat16_weights_keep_their_dtype(tmp_path):
     weight = np.arange(12, dtype=np.float32).reshape(4, 3).astype(ml_dtypes.bfloat16)
     model = onnx.helper.make_model(onnx.helper.make_graph(
