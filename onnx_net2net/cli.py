@@ -118,14 +118,16 @@ def inspect(model: str, as_json: bool) -> None:
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Where to write the wider model.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random unit mapping.")
 @click.option("--split", type=click.Choice(CLI_MODES), default=DEFAULT_MODE, show_default=True,
-              help="How replicas share their unit's outgoing weights: equal (w/k, replicas stay copies), "
-                   "random (random positive shares) or antithetic (w/k ± noise cancelling over replicas). "
-                   "All exact; random and antithetic let replicas diverge in training.")
-@click.option("--split-scale", type=float, help="Spread of random shares (log scale) or antithetic noise "
-              "(relative to the weight's std); default by mode.")
+              help="How copies share their unit's outgoing weights: equal (w/k: copies stay copies), "
+                   "random (random positive shares), antithetic (w/k ± noise cancelling over the copies) or "
+                   "fresh (copies get 0 and noisy incoming weights). All exact; all but equal let copies "
+                   "diverge in training, fresh trains best.")
+@click.option("--split-scale", type=float, help="Spread of random shares (log scale), antithetic noise or fresh "
+              "copies' incoming noise (relative to the weights' std); default by mode.")
 @click.option("--noise", type=float, default=0.0, show_default=True,
               help="Std of noise added to the copied units' incoming weights, relative to the weights' std "
-                   "(the paper's symmetry breaking). NOT exact: the deviation is reported and the model written.")
+                   "(the paper's symmetry breaking). NOT exact (except with --split fresh): the deviation is "
+                   "reported and the model written.")
 @click.option("--weights-out", type=click.Path(dir_okay=False), help="Also write the grown parameters as a "
               "safetensors file keyed by initializer name.")
 @click.option("--no-verify", is_flag=True, help="Skip the onnxruntime comparison.")

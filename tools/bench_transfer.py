@@ -199,9 +199,11 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
 
 
 def train(model: nn.Module, task: Task, steps: int, data_seed: int, evalset, lr: float, batch: int,
-          every: int) -> Curve:
-    """Adam on fresh samples every step; the held-out loss every `every` steps (step 0 included)."""
+          every: int, boost: dict[str, torch.Tensor] | None = None) -> Curve:
+    """Adam on fresh samples every step; the held-out loss every `every` steps (step 0 included).
+    `boost` scales each named parameter's update elementwise (a learning rate per entry)."""
     gen = torch.Generator().manual_seed(data_seed)
+    params = dict(model.named_parameters())
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     curve = Curve([0], [evaluate(model, *evalset)])
     model.train()
@@ -210,7 +212,12 @@ def train(model: nn.Module, task: Task, steps: int, data_seed: int, evalset, lr:
         loss = nn.functional.mse_loss(model(x), task.target(x))
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        before = {n: params[n].detach().clone() for n in boost} if boost else None
         opt.step()
+        if boost:
+            with torch.no_grad():
+                for name, scale in boost.items():
+                    params[name].copy_(before[name] + scale * (params[name] - before[name]))
         if step % every == 0 or step == steps:
             curve.steps.append(step)
             curve.losses.append(evaluate(model, *evalset))
@@ -240,6 +247,7 @@ class Variant:
     scale: float | None = None
     noise: float = 0.0
     residual: bool = False
+    new_lr: float = 1.0       # learning-rate multiplier for the entries a widening added
 
 
 def variants(quick: bool, only: str | None = None) -> list[Variant]:
@@ -247,18 +255,16 @@ def variants(quick: bool, only: str | None = None) -> list[Variant]:
              Variant("widen x2, split random (per unit)", "widen", "random-unit"),
              Variant("widen x2, split random (per entry)", "widen", "random-entry"),
              Variant("widen x2, split antithetic 0.5", "widen", "antithetic", 0.5),
-             Variant("widen x2, split antithetic 1.0", "widen", "antithetic", 1.0),
+             Variant("widen x2, split fresh 1.0", "widen", "fresh", 1.0),
              Variant("widen x2, equal + noise 0.01", "widen", "equal", noise=0.01),
              Variant("widen x2, equal + noise 0.1", "widen", "equal", noise=0.1),
-             Variant("widen x2, split fresh 1.0", "widen", "fresh", 1.0),
              Variant("deepen identity", "deepen"),
              Variant("deepen residual", "deepen", residual=True)]
     if not quick:
-        found[4:4] = [Variant("widen x2, split antithetic 0.1", "widen", "antithetic", 0.1),
-                      Variant("widen x2, split antithetic 2.0", "widen", "antithetic", 2.0),
-                      Variant("widen x2, split fresh 0 (zero outgoing only)", "widen", "fresh", 0.0),
-                      Variant("widen x2, split fresh 0.3", "widen", "fresh", 0.3),
-                      Variant("widen x2, split fresh 2.0", "widen", "fresh", 2.0)]
+        found[5:5] = [Variant("widen x2, split antithetic 0.1", "widen", "antithetic", 0.1),
+                      Variant("widen x2, split antithetic 1.0", "widen", "antithetic", 1.0),
+                      Variant("widen x2, split fresh 0 (no incoming noise)", "widen", "fresh", 0.0),
+                      Variant("widen x2, split fresh 1.0, new entries lr x3", "widen", "fresh", 1.0, new_lr=3.0)]
     if only:
         found = [v for v in found if any(word in v.label for word in only.split(","))]
     return found
@@ -283,6 +289,19 @@ def grow(variant: Variant, task: Task, onnx_path: Path, workdir: Path, seed: int
     if unexpected or any(not k.endswith("num_batches_tracked") for k in missing):
         raise SystemExit(f"{variant.label}: names do not match: missing {missing}, unexpected {unexpected}")
     return model, getattr(result, "widened", [])
+
+
+def new_entries(small: nn.Module, grown: nn.Module, scale: float) -> dict[str, torch.Tensor]:
+    """Per grown parameter, `scale` on the entries outside the small parameter's shape (the
+    mapping keeps old units first, so those are exactly what widening added) and 1 elsewhere."""
+    old = {n: p.shape for n, p in small.named_parameters()}
+    boost = {}
+    for name, param in grown.named_parameters():
+        if name in old and old[name] != param.shape:
+            inside = torch.zeros(param.shape, dtype=torch.bool)
+            inside[tuple(slice(0, d) for d in old[name])] = True
+            boost[name] = torch.where(inside, 1.0, scale)
+    return boost
 
 
 def distinct_units(model: nn.Module, task: Task, widened: list[dict], groups: list[dict]) -> str:
@@ -341,7 +360,8 @@ def run(task_name: str, seeds: int, steps: int, small_steps: int, quick: bool, e
                         fresh.add_block(after, name, getattr(model, name).desc)
                     baselines[variant.residual] = train(fresh, task, steps, 2_000 + seed, evalset, lr, batch, every)
                 bar = baselines["widen" if variant.kind == "widen" else variant.residual]
-                curve = train(model, task, steps, 3_000 + seed, evalset, lr, batch, every)
+                boost = new_entries(small, model, variant.new_lr) if variant.new_lr != 1.0 else None
+                curve = train(model, task, steps, 3_000 + seed, evalset, lr, batch, every, boost)
                 o = outcomes.setdefault(variant.label, Outcome())
                 o.first.append(curve.losses[0])
                 o.small_last.append(small_curve.losses[-1])
