@@ -39,7 +39,7 @@ class Inspection:
 class WidenResult:
     """`widened`: per group, the unit mapping (new unit j copies old unit mapping[j]), replica
     counts and the split of the outgoing weights; `changed`: parameters rewritten or added,
-    with old and new shapes; `exact` is False when --noise made the model approximate."""
+    with old and new shapes; `exact` is False when `noise` made the model approximate."""
 
     model: onnx.ModelProto
     widened: list[dict]
@@ -82,7 +82,7 @@ def widen_model(source: str | os.PathLike[str] | onnx.ModelProto, targets: dict[
                 optional: bool = False, split: str = S.DEFAULT_MODE, split_scale: float | None = None) -> WidenResult:
     """Widen the named layers (and with `widen_all`, every widenable group by that factor);
     verify against the original unless told not to. `split` shares each unit's outgoing
-    weights among its replicas: 'equal', 'random' or 'antithetic' (see splitting.py)."""
+    weights among its replicas: 'equal', 'random', 'antithetic' or 'fresh' (splitting.py)."""
     loaded, graph, analysis = _prepare(source)
     before = parameter_count(graph)
     splitting = S.Split(split, split_scale, seed)
@@ -160,7 +160,7 @@ def deepen_model(source: str | os.PathLike[str] | onnx.ModelProto, targets: list
     graph.toposort()
     G.infer_shapes(graph)
     model = G.export_model(graph, loaded.model)
-    result = DeepenResult(model, [i.to_json(model) for i in inserted], before, parameter_count(graph),
+    result = DeepenResult(model, [i.to_json() for i in inserted], before, parameter_count(graph),
                           changed=H.changed_initializers(loaded.model, model, []),
                           warnings=H.round_trip_warnings(loaded.model))
     if verify:

@@ -33,7 +33,7 @@ class Insertion:
     shapes: dict[str, list[int]] = field(default_factory=dict)
     block: dict = field(default_factory=dict)          # the block in framework terms
 
-    def to_json(self, model=None) -> dict:
+    def to_json(self) -> dict:
         block = dict(self.block, weights=[{"name": w, "shape": self.shapes[w]} for w in self.weights])
         return {"target": self.target, "op": self.op, "name": self.name, "nodes": self.nodes,
                 "weights": self.weights, "layers": self.layers, "block": block}

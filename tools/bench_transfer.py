@@ -23,7 +23,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import math
+import json
 import os
 import sys
 import tempfile
@@ -264,7 +264,10 @@ def variants(quick: bool, only: str | None = None) -> list[Variant]:
         found[5:5] = [Variant("widen x2, split antithetic 0.1", "widen", "antithetic", 0.1),
                       Variant("widen x2, split antithetic 1.0", "widen", "antithetic", 1.0),
                       Variant("widen x2, split fresh 0 (no incoming noise)", "widen", "fresh", 0.0),
-                      Variant("widen x2, split fresh 1.0, new entries lr x3", "widen", "fresh", 1.0, new_lr=3.0)]
+                      Variant("widen x2, split fresh 1.0, new entries lr x3", "widen", "fresh", 1.0, new_lr=3.0),
+                      Variant("widen x2, split fresh 1.0, new entries lr x10", "widen", "fresh", 1.0, new_lr=10.0),
+                      Variant("widen x2, split antithetic 0.5, new entries lr x3", "widen", "antithetic", 0.5,
+                              new_lr=3.0)]
     if only:
         found = [v for v in found if any(word in v.label for word in only.split(","))]
     return found
@@ -327,6 +330,7 @@ class Outcome:
     small_last: list[float] = field(default_factory=list)
     reach: list[float | None] = field(default_factory=list)
     final: list[float] = field(default_factory=list)
+    bar: list[float] = field(default_factory=list)      # the random-init model's final loss, same seed
     distinct: list[str] = field(default_factory=list)
     curves: list[Curve] = field(default_factory=list)
 
@@ -368,6 +372,7 @@ def run(task_name: str, seeds: int, steps: int, small_steps: int, quick: bool, e
                 reached = next((s for s, l in zip(curve.steps, curve.losses) if l <= bar.final), None)
                 o.reach.append(None if reached is None else 100.0 * reached / steps)
                 o.final.append(curve.final)
+                o.bar.append(bar.final)
                 o.distinct.append(distinct_units(model, task, widened, groups) if variant.kind == "widen" else "-")
                 o.curves.append(curve)
                 print(f"  {task_name} seed {seed} {variant.label}: first {curve.losses[0]:.4f} "
@@ -381,9 +386,14 @@ def run(task_name: str, seeds: int, steps: int, small_steps: int, quick: bool, e
                 o.small_last.append(small_curve.losses[-1])
                 o.reach.append(100.0)
                 o.final.append(bar.final)
+                o.bar.append(bar.final)
                 o.distinct.append("-")
                 o.curves.append(bar)
     plot(outcomes, task_name, out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"transfer_{task_name}.json").write_text(json.dumps(
+        {label: {k: v for k, v in vars(o).items() if k != "curves"} | {"curves": [vars(c) for c in o.curves]}
+         for label, o in outcomes.items()}, indent=1))
     return outcomes
 
 
@@ -406,6 +416,8 @@ def plot(outcomes: dict[str, Outcome], task_name: str, out: Path) -> None:
             mean = np.mean([c.losses for c in o.curves], axis=0)
             ax.plot(steps, mean, label=label, lw=2.5 if "random init" in label else 1.2,
                     ls="--" if "random init" in label else "-")
+        grown_start = max(np.mean(o.first) for label, o in outcomes.items() if "random init" not in label)
+        ax.set_ylim(top=2.0 * grown_start)   # the random-init curves start far above
         ax.set_yscale("log")
         ax.set_xlabel("training steps after growth")
         ax.set_title(f"{task_name}: {kind}")
@@ -417,16 +429,18 @@ def plot(outcomes: dict[str, Outcome], task_name: str, out: Path) -> None:
 
 
 def table(outcomes: dict[str, Outcome], task_name: str) -> str:
-    rows = [f"| {task_name} variant | loss after growth (small's last) | reaches scratch final at | "
-            f"final loss (mean ± std) | distinct units |", "|---|---|---|---|---|"]
+    rows = [f"| {task_name} variant | loss after growth (small's last) | reaches the bar's final loss at | "
+            f"final loss (mean ± std) | final / bar's final | distinct units |", "|---|---|---|---|---|---|"]
     for label, o in outcomes.items():
         reach = [r for r in o.reach if r is not None]
         reached = f"{np.mean(reach):.0f}% ({len(reach)}/{len(o.reach)} seeds)" if reach else f"never (0/{len(o.reach)})"
         if "random init" in label:
             reached = "100% (by definition)"
         distinct = ", ".join(sorted(set(o.distinct))) if any(d != "-" for d in o.distinct) else "-"
+        ratio = np.asarray(o.final) / np.asarray(o.bar)
         rows.append(f"| {label} | {np.mean(o.first):.4f} ({np.mean(o.small_last):.4f}) | {reached} | "
-                    f"{np.mean(o.final):.4f} ± {np.std(o.final):.4f} | {distinct} |")
+                    f"{np.mean(o.final):.4f} ± {np.std(o.final):.4f} | {np.mean(ratio):.2f} ± {np.std(ratio):.2f} | "
+                    f"{distinct} |")
     return "\n".join(rows)
 
 
@@ -443,9 +457,18 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer variants (no scale sweep)")
     parser.add_argument("--out", default="build/bench_transfer", help="folder for the PNG curves")
     parser.add_argument("--only", help="comma-separated words: run only variants whose label has one")
+    parser.add_argument("--from-json", action="store_true",
+                        help="no training: tables and curves from the JSON an earlier run left in --out")
     args = parser.parse_args()
     started, cpu = time.perf_counter(), time.process_time()
     for name in args.models.split(","):
+        if args.from_json:
+            saved = json.loads((Path(args.out) / f"transfer_{name}.json").read_text())
+            outcomes = {label: Outcome(**{k: v for k, v in o.items() if k != "curves"},
+                                       curves=[Curve(**c) for c in o["curves"]]) for label, o in saved.items()}
+            plot(outcomes, name, Path(args.out))
+            print(table(outcomes, name) + "\n")
+            continue
         outcomes = run(name, args.seeds, args.steps, args.small_steps, args.quick, args.exporter, args.lr,
                        args.batch, args.every, Path(args.out), args.only)
         print(table(outcomes, name))
