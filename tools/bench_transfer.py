@@ -417,7 +417,8 @@ def plot(outcomes: dict[str, Outcome], task_name: str, out: Path) -> None:
             ax.plot(steps, mean, label=label, lw=2.5 if "random init" in label else 1.2,
                     ls="--" if "random init" in label else "-")
         grown_start = max(np.mean(o.first) for label, o in outcomes.items() if "random init" not in label)
-        ax.set_ylim(top=2.0 * grown_start)   # the random-init curves start far above
+        lowest = min(min(np.mean([c.losses for c in o.curves], axis=0)) for o in outcomes.values())
+        ax.set_ylim(0.8 * lowest, 2.0 * grown_start)   # the random-init curves start far above
         ax.set_yscale("log")
         ax.set_xlabel("training steps after growth")
         ax.set_title(f"{task_name}: {kind}")
