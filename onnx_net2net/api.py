@@ -13,6 +13,8 @@ from . import blocks as B
 from . import checks
 from . import deepening as D
 from . import graph as G
+from . import handoff as H
+from . import splitting as S
 from . import widening as W
 from .errors import Net2NetError, VerificationError
 from .analysis import Analysis
@@ -39,6 +41,10 @@ class Inspection:
 
 @dataclass
 class WidenResult:
+    """`widened`: per group, the unit mapping (new unit j copies old unit mapping[j]), replica
+    counts and the split of the outgoing weights; `changed`: parameters rewritten or added,
+    with old and new shapes; `exact` is False when `noise` made the model approximate."""
+
     model: onnx.ModelProto
     widened: list[dict]
     parameters_before: int
@@ -47,6 +53,9 @@ class WidenResult:
     blocked: list[dict] = field(default_factory=list)
     skipped: list[dict] = field(default_factory=list)  # left alone by `widen_all` (fractional factor)
     untied: list[dict] = field(default_factory=list)  # shared initializers split into copies
+    changed: list[dict] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    exact: bool = True
 
 
 def _prepare(source: str | os.PathLike[str] | onnx.ModelProto) -> tuple[LoadedModel, gs.Graph, Analysis]:
@@ -65,7 +74,7 @@ def _group_json(group) -> dict:
             "widenable": group.widenable, "reason": group.reason,
             "producers": [G.label(n) for n in group.producers], "weights": group.weights,
             "consumers": [G.label(n) for n in group.consumers],
-            "mapping": "uniform" if group.uniform else "random", "limits": group.limits or []}
+            "family": "uniform" if group.uniform else "random", "limits": group.limits or []}
 
 
 def inspect(source: str | os.PathLike[str] | onnx.ModelProto) -> Inspection:
@@ -80,15 +89,18 @@ def widen_model(source: str | os.PathLike[str] | onnx.ModelProto,
                 targets: dict[str, int | float | str] | list[tuple[str, int | float | str]],
                 seed: int = 0, noise: float = 0.0, verify: bool = True,
                 verify_options: dict | None = None, widen_all: int | float | str | None = None,
-                optional: bool = False) -> WidenResult:
+                optional: bool = False, split: str = S.DEFAULT_MODE, split_scale: float | None = None) -> WidenResult:
     """Widen the named layers (and with `widen_all`, every widenable group by that factor);
-    verify against the original unless told not to. `targets` may be (name, width) pairs, so
-    a name given twice with different widths is refused rather than overwritten."""
+    verify against the original unless told not to. `split` shares each unit's outgoing
+    weights among its replicas: 'equal', 'random', 'antithetic' or 'fresh' (splitting.py).
+    `targets` may be (name, width) pairs, so a name given twice with different widths is
+    refused rather than overwritten."""
     checks.require(checks.seed_problem(seed), "seed")
     checks.require(checks.amount_problem(noise), "noise")
     check_options(verify_options or {})
     loaded, graph, analysis = _prepare(source)
     before = parameter_count(graph)
+    splitting = S.Split(split, split_scale, seed)
     widenings = W.resolve(analysis, targets, widen_all, optional)
     skipped = W.skipped_by_all(analysis, widenings, widen_all)
     if not widenings and not optional:
@@ -100,16 +112,17 @@ def widen_model(source: str | os.PathLike[str] | onnx.ModelProto,
                f"groups {', '.join(open_)} round back to their width" if open_ else
                f"every group is blocked, e.g. {blocked[0].id}: {blocked[0].reason}" if blocked else "it has no groups")
         raise Net2NetError(f"nothing to widen: no width group can grow by {widen_all} ({why})")
-    untied = W.apply(graph, analysis, widenings, seed=seed, noise=noise)
+    written, untied = W.apply(graph, analysis, widenings, seed=seed, noise=noise, split=splitting)
     model = G.export_model(graph, loaded.model)
-    result = WidenResult(model, [{"group": w.group.id, "targets": w.targets, "old": w.old, "new": w.new,
-                                  "mapping": "uniform" if w.group.uniform else "random"}
-                                 for w in widenings], before, parameter_count(graph),
+    result = WidenResult(model, [w.to_json(splitting) for w in widenings], before, parameter_count(graph),
                          blocked=[{"group": g.id, "width": g.width, "reason": g.reason}
-                                  for g in analysis.groups if not g.widenable], skipped=skipped, untied=untied)
+                                  for g in analysis.groups if not g.widenable], skipped=skipped, untied=untied,
+                         changed=H.changed_initializers(loaded.model, model, written),
+                         warnings=H.round_trip_warnings(loaded.model),
+                         exact=noise == 0.0 or splitting.exact_with_noise)
     if verify:
         result.report = compare(loaded.model, model, **(verify_options or {}))
-        if not result.report.passed and noise == 0.0:
+        if not result.report.passed and result.exact:
             raise VerificationError("the widened model does not reproduce the original's outputs", result.report,
                                     result)
     return result
@@ -117,11 +130,12 @@ def widen_model(source: str | os.PathLike[str] | onnx.ModelProto,
 
 def widen(source: str | os.PathLike[str] | onnx.ModelProto, targets: dict[str, int | float | str] | None = None,
           seed: int = 0, noise: float = 0.0, verify: bool = True, widen_all: int | float | str | None = None,
-          **verify_options) -> onnx.ModelProto:
+          split: str = S.DEFAULT_MODE, split_scale: float | None = None, **verify_options) -> onnx.ModelProto:
     """Net2Wider: `targets` maps a layer (node, weight or module name, group id) to a width:
     an int is absolute, a float or 'x1.5' a factor. Returns the widened ModelProto; raises
     VerificationError (with the report) when onnxruntime finds a mismatch."""
-    return widen_model(source, targets or {}, seed, noise, verify, verify_options, widen_all).model
+    return widen_model(source, targets or {}, seed, noise, verify, verify_options, widen_all,
+                       split=split, split_scale=split_scale).model
 
 
 def verify(original: str | os.PathLike[str] | onnx.ModelProto, rewritten: str | os.PathLike[str] | onnx.ModelProto,
@@ -132,20 +146,28 @@ def verify(original: str | os.PathLike[str] | onnx.ModelProto, rewritten: str | 
 
 @dataclass
 class DeepenResult:
+    """`inserted`: per target, the new block's name, nodes, weights and a description in
+    framework terms (`block`); `changed`: the parameters added, with their shapes."""
+
     model: onnx.ModelProto
     inserted: list[dict]
     parameters_before: int
     parameters_after: int
     report: Report | None = None
     skipped: list[dict] = field(default_factory=list)  # non-copyable blocks a pattern matched
+    changed: list[dict] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    exact: bool = True
 
 
 def deepen_model(source: str | os.PathLike[str] | onnx.ModelProto, targets: list[str] | None = None,
                  kernel: int | None = None, residual: bool = False, batch_norm: bool = True, seed: int = 0,
                  verify: bool = True, verify_options: dict | None = None, optional: bool = False,
-                 copy_block: list[str] | str | None = None, repeat: int = 1) -> DeepenResult:
+                 copy_block: list[str] | str | None = None, repeat: int = 1,
+                 name: str | None = None) -> DeepenResult:
     """Insert an identity layer (or a zero-initialized residual block) after each target, and
-    `repeat` zero-initialized copies after each residual block `copy_block` names."""
+    `repeat` zero-initialized copies after each residual block `copy_block` names; `name` is a
+    template for the new layers' names (see deepening.NameTemplate)."""
     targets = [targets] if isinstance(targets, str) else list(targets or [])
     copy_block = [copy_block] if isinstance(copy_block, str) else list(copy_block or [])
     if not targets and not copy_block:
@@ -162,14 +184,16 @@ def deepen_model(source: str | os.PathLike[str] | onnx.ModelProto, targets: list
             if id(layer) not in seen:
                 seen.add(id(layer))
                 layers.append((target if not is_pattern(target) else G.label(layer), layer))
-    taken = D.taken_prefixes(graph)
-    inserted = [D.insert(graph, t, layer, kernel, residual, batch_norm, rng, taken) for t, layer in layers]
+    namer = D.NameTemplate(name, graph)
+    inserted = [D.insert(graph, t, layer, kernel, residual, batch_norm, rng, namer) for t, layer in layers]
     graph.toposort()
     copies, skipped = D.copy_blocks(graph, copy_block, repeat, optional) if copy_block else ([], [])
     G.infer_shapes(graph)
     model = G.export_model(graph, loaded.model)
-    result = DeepenResult(model, [vars(i) for i in inserted + copies], before, parameter_count(graph),
-                          skipped=skipped)
+    result = DeepenResult(model, [i.to_json() for i in inserted] + [vars(c) for c in copies], before,
+                          parameter_count(graph), skipped=skipped,
+                          changed=H.changed_initializers(loaded.model, model, []),
+                          warnings=H.round_trip_warnings(loaded.model))
     if verify:
         result.report = compare(loaded.model, model, **(verify_options or {}))
         if not result.report.passed:
@@ -181,6 +205,7 @@ def deepen_model(source: str | os.PathLike[str] | onnx.ModelProto, targets: list
 def deepen(source: str | os.PathLike[str] | onnx.ModelProto, targets: list[str] | str | None = None,
            kernel: int | None = None, residual: bool = False, batch_norm: bool = True, seed: int = 0,
            verify: bool = True, copy_block: list[str] | str | None = None, repeat: int = 1,
+           name: str | None = None,
            **verify_options) -> onnx.ModelProto:
     """Net2Deeper: after each target layer's tail (bias, BatchNorm, activation) insert an identity
     layer, exact when the activation is idempotent (ReLU, Clip); `residual=True` inserts
@@ -188,4 +213,11 @@ def deepen(source: str | os.PathLike[str] | onnx.ModelProto, targets: list[str] 
     blocks (any node, weight or module inside, a glob, or an id from inspect): each gets `repeat`
     copies after it, last parameters zeroed so each starts as the identity. Returns the ModelProto."""
     return deepen_model(source, targets, kernel, residual, batch_norm, seed, verify, verify_options,
-                        copy_block=copy_block, repeat=repeat).model
+                        copy_block=copy_block, repeat=repeat, name=name).model
+
+
+def save_weights(source, path: str | os.PathLike[str]) -> list[str]:
+    """Write a model's parameters (a path, ModelProto, or a widen/deepen result) as a
+    safetensors file keyed by initializer name, atomically; returns the names written."""
+    model = source.model if hasattr(source, "model") else load_model(source).model
+    return H.save_weights(model, path)

@@ -21,6 +21,7 @@ import onnx
 from onnx.external_data_helper import uses_external_data
 
 from . import api
+from . import handoff as H
 from .errors import Net2NetError, VerificationError
 from .io import all_tensors, check_output_path, check_writable, data_path, leftover_temps, load_model, real, save_model
 from .plan import Plan
@@ -34,6 +35,7 @@ MAX_DEFAULT_WORKERS = 4
 class Job:
     source: Path
     output: Path
+    weights: Path | None = None   # where the grown parameters go, when asked
 
 
 def collect_models(items: list[str]) -> list[Path]:
@@ -53,9 +55,10 @@ def collect_models(items: list[str]) -> list[Path]:
     return found
 
 
-def plan_jobs(models: list[Path], outdir: str | Path, force: bool) -> list[Job]:
+def plan_jobs(models: list[Path], outdir: str | Path, force: bool, weights: bool = False) -> list[Job]:
     """Outputs mirror input names under OUTDIR (resolved); clashes, inputs, their data files and
-    existing files are refused up front, and so is an output folder that cannot be written."""
+    existing files are refused up front, and so is an output folder that cannot be written.
+    With `weights`, each model's grown parameters go beside it as NAME.safetensors."""
     folder = real(outdir)
     if folder.exists() and not folder.is_dir():
         raise Net2NetError(f"{outdir}: exists and is not a directory")
@@ -71,11 +74,21 @@ def plan_jobs(models: list[Path], outdir: str | Path, force: bool) -> list[Job]:
             taken[name] = model
         if real(output) in inputs:
             raise Net2NetError(f"{output}: would overwrite an input model; choose another output directory")
-        jobs.append(Job(model, check_output_path(output, inputs, force)))
-    if force and any(os.path.lexists(p) for job in jobs for p in (job.output, data_path(job.output))):
+        weights_path = None
+        if weights:
+            weights_path = folder / (output.stem + ".safetensors")
+            if weights_path.name in taken and taken[weights_path.name] != model:
+                raise Net2NetError(f"{model} and {taken[weights_path.name]} would both write {weights_path}")
+            taken[weights_path.name] = model
+            weights_path = H.check_weights_path(weights_path, list(inputs), force, output)
+        jobs.append(Job(model, check_output_path(output, inputs, force), weights_path))
+    if force and any(os.path.lexists(p) for job in jobs for p in (job.output, data_path(job.output), job.weights)
+                     if p is not None):
         data_files = input_data_files(models)  # only --force could replace one: read them only then
         for job in jobs:
             check_output_path(job.output, data_files, force)
+            if job.weights is not None:
+                check_output_path(job.weights, data_files, force, with_data=False)
     return jobs
 
 
@@ -114,15 +127,18 @@ def run_job(plan: Plan, job: Job) -> dict:
     """Apply every step to one model, verify once, write atomically; never raises."""
     start = time.perf_counter()
     entry: dict = {"model": str(job.source), "output": str(job.output), "status": "error", "error": None,
-                   "steps_done": 0, "steps": [], "parameters": None, "verification": None, "seconds": None}
+                   "steps_done": 0, "steps": [], "parameters": None, "verification": None, "seconds": None,
+                   "exact": None, "weights": None, "changed": None, "warnings": []}
     try:
         loaded = load_model(job.source)
         model, before, after = loaded.model, None, None
+        touched: set[str] = set()
         for number, step in enumerate(plan.steps, start=1):
             seed = plan.seed if step.seed is None else step.seed
             if step.kind == "widen":
                 result = api.widen_model(model, step.targets, seed=seed, noise=step.noise, verify=False,
-                                         widen_all=step.widen_all, optional=step.optional)
+                                         widen_all=step.widen_all, optional=step.optional, split=step.split,
+                                         split_scale=step.split_scale)
                 entry["steps"].append({"step": number, "kind": "widen", "widened": result.widened})
             elif step.kind == "copy_block":
                 result = api.deepen_model(model, copy_block=step.targets, repeat=step.repeat, verify=False,
@@ -131,8 +147,12 @@ def run_job(plan: Plan, job: Job) -> dict:
                                        "skipped": result.skipped})
             else:
                 result = api.deepen_model(model, step.targets, kernel=step.kernel, residual=step.residual,
-                                          batch_norm=step.bn, seed=seed, verify=False, optional=step.optional)
+                                          batch_norm=step.bn, seed=seed, verify=False, optional=step.optional,
+                                          name=step.name)
                 entry["steps"].append({"step": number, "kind": "deepen", "inserted": result.inserted})
+            if number == 1:
+                entry["warnings"] = result.warnings
+            touched.update(c["name"] for c in result.changed)
             model = result.model
             before = result.parameters_before if before is None else before
             after = result.parameters_after
@@ -140,12 +160,18 @@ def run_job(plan: Plan, job: Job) -> dict:
         entry["parameters"] = {"before": before, "after": after}
         report = compare(loaded.model, model, **plan.verify_options)
         entry["verification"] = report.to_json()
-        exact = all(step.noise == 0 for step in plan.steps)
+        exact = all(step.noise == 0 or step.split == "fresh" for step in plan.steps)
+        entry["exact"] = exact
         if not report.passed and exact:
             entry["status"] = "mismatch"
             entry["error"] = "outputs differ from the original's; nothing written"
         else:
+            tensors = H.weights(model) if job.weights else None
             save_model(model, job.output, external_data=loaded.external_data)
+            if job.weights:
+                H.write_weights_after(tensors, job.weights, job.output)
+                entry["weights"] = str(job.weights)
+                entry["changed"] = H.changed_initializers(loaded.model, model, sorted(touched))
             entry["status"] = "ok"
     except Net2NetError as exc:
         entry["error"] = str(exc)
@@ -203,7 +229,8 @@ def _worker_job(plan: Plan, job: Job) -> dict:
 
 def _failed(job: Job, error: str) -> dict:
     return {"model": str(job.source), "output": str(job.output), "status": "error", "error": error,
-            "steps_done": 0, "steps": [], "parameters": None, "verification": None, "seconds": None}
+            "steps_done": 0, "steps": [], "parameters": None, "verification": None, "seconds": None,
+            "exact": None, "weights": None, "changed": None, "warnings": []}
 
 
 def run(plan: Plan, jobs: list[Job], workers: int, progress: Callable[[dict], None] | None = None) -> list[dict]:
@@ -222,7 +249,8 @@ def run(plan: Plan, jobs: list[Job], workers: int, progress: Callable[[dict], No
 
     threads = max(1, (os.cpu_count() or 1) // workers)
     context = multiprocessing.get_context("spawn")
-    earlier = set(leftover_temps(job.output for job in jobs))
+    written = [p for job in jobs for p in (job.output, job.weights) if p is not None]
+    earlier = set(leftover_temps(written))
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init_worker,
                                initargs=(threads, os.getpid()))
     try:
@@ -244,7 +272,7 @@ def run(plan: Plan, jobs: list[Job], workers: int, progress: Callable[[dict], No
             except ProcessLookupError:
                 pass
         pool.shutdown(wait=True, cancel_futures=True)
-        for leftover in set(leftover_temps(job.output for job in jobs)) - earlier:
+        for leftover in set(leftover_temps(written)) - earlier:
             leftover.unlink(missing_ok=True)  # of workers that could not unwind; never an earlier run's
         raise
     pool.shutdown(wait=True)

@@ -11,10 +11,12 @@ import time
 from pathlib import Path
 
 from . import api, batch, checks, signals
+from . import handoff as H
 from .plan import load_plan
+from .splitting import CLI_MODES, DEFAULT_MODE
 from .errors import Net2NetError, VerificationError
 from .io import check_output_path, leftover_temps, load_model, save_model, save_text
-from .report import format_batch, format_deepened, format_groups, format_report, format_widened, json_text
+from .report import format_batch, format_deepened, format_groups, format_report, format_widened, handoff_json, json_text
 from .verification import DEFAULT_DIM, DEFAULT_INT_RANGE, Report, compare, load_inputs
 
 
@@ -77,14 +79,15 @@ def _checked(problem):
     return callback
 
 
-def _result_json(model: str, out, result, written: bool) -> dict:
-    """The document widen and deepen print with --json, whether or not verification passed."""
+def _result_json(model: str, out, result, written: bool, weights=None) -> dict:
+    """The document widen and deepen print with --json, whether or not verification passed:
+    what changed, the verification (or a --noise deviation) and what training needs back."""
     changes = {"widened": result.widened, "blocked": result.blocked, "skipped": result.skipped,
                "untied": result.untied} if isinstance(result, api.WidenResult) \
         else {"inserted": result.inserted, "skipped": result.skipped}
     return {"schema": 1, "model": model, "output": str(out), "written": written, **changes,
             "parameters": {"before": result.parameters_before, "after": result.parameters_after},
-            "verification": result.report.to_json() if result.report else None}
+            **handoff_json(result, weights if written else None)}
 
 
 @contextlib.contextmanager
@@ -203,15 +206,25 @@ def inspect(model: str, as_json: bool) -> None:
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Where to write the wider model.")
 @click.option("--seed", type=int, default=0, show_default=True, callback=_checked(checks.seed_problem),
               help="Seed of the random unit mapping.")
+@click.option("--split", type=click.Choice(CLI_MODES), default=DEFAULT_MODE, show_default=True,
+              help="How copies share their unit's outgoing weights: equal (w/k: copies stay copies), "
+                   "random (random positive shares), antithetic (w/k ± noise cancelling over the copies) or "
+                   "fresh (copies get 0 and noisy incoming weights). All exact; all but equal let copies "
+                   "diverge in training, fresh trains best.")
+@click.option("--split-scale", type=float, help="Spread of random shares (log scale), antithetic noise or fresh "
+              "copies' incoming noise (relative to the weights' std); default by mode.")
 @click.option("--noise", type=float, default=0.0, show_default=True, callback=_checked(checks.amount_problem),
-              help="Std of noise added to the copied units' incoming weights, relative to the weights' std. "
-                   "Breaks symmetry for training; NOT exactly function-preserving (verification is reported, "
-                   "not enforced).")
+              help="Std of noise added to the copied units' incoming weights, relative to the weights' std "
+                   "(the paper's symmetry breaking). NOT exact (except with --split fresh): the deviation is "
+                   "reported and the model written.")
+@click.option("--weights-out", type=click.Path(dir_okay=False), help="Also write the grown parameters as a "
+              "safetensors file keyed by initializer name.")
 @click.option("--no-verify", is_flag=True, help="Skip the onnxruntime comparison.")
-@click.option("--force", is_flag=True, help="Overwrite OUTPUT if it exists.")
+@click.option("--force", is_flag=True, help="Overwrite OUTPUT (and the weights file) if it exists.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
 @verify_options
-def widen(model, targets, widen_all, output, seed, noise, no_verify, force, as_json, **verify) -> None:
+def widen(model, targets, widen_all, output, seed, split, split_scale, noise, weights_out, no_verify, force, as_json,
+          **verify) -> None:
     """Widen layers of MODEL: TARGET is a node, weight or module name, a group id from
     inspect, or a glob pattern ('layer*.conv2'); WIDTH is an absolute size (96) or a factor
     (x1.5). Nothing is written unless onnxruntime confirms the outputs are unchanged."""
@@ -224,14 +237,26 @@ def widen(model, targets, widen_all, output, seed, noise, no_verify, force, as_j
             raise Net2NetError(f"'{item}' is not TARGET=WIDTH (e.g. conv2=96 or fc1=x1.5)")
         requests.append((name, width))
     loaded, out = _load_for_output(model, output, force, verify["inputs_file"])
+    weights = H.check_weights_path(weights_out, [Path(model), *loaded.data_files], force, out) if weights_out else None
     with _json_on_mismatch(as_json, model, out):
         result = api.widen_model(loaded.model, requests, seed=seed, noise=noise, verify=not no_verify,
-                                 verify_options=_verify_kwargs(**verify), widen_all=widen_all)
-    save_model(result.model, out, external_data=loaded.external_data)
+                                 verify_options=_verify_kwargs(**verify), widen_all=widen_all, split=split,
+                                 split_scale=split_scale)
+    _save(result, out, weights, loaded.external_data)
     if as_json:
-        _emit_json(_result_json(model, out, result, written=True))
+        _emit_json(_result_json(model, out, result, written=True, weights=weights))
     else:
-        click.echo(format_widened(result, str(out)), err=True)
+        click.echo(format_widened(result, str(out), weights), err=True)
+
+
+def _save(result, out, weights, external_data: bool) -> None:
+    """Round-trip warnings, then the model and (once it is written) its weights, both atomic."""
+    for line in result.warnings:
+        click.echo(f"warning: {line}", err=True)
+    tensors = H.weights(result.model) if weights else None   # refuses unwritable dtypes before any write
+    save_model(result.model, out, external_data=external_data)
+    if weights:
+        H.write_weights_after(tensors, weights, out)
 
 
 @main.command()
@@ -249,12 +274,16 @@ def widen(model, targets, widen_all, output, seed, noise, no_verify, force, as_j
 @click.option("--no-bn", is_flag=True, help="Do not give the new layer an identity BatchNorm when the target has one.")
 @click.option("--seed", type=int, default=0, show_default=True, callback=_checked(checks.seed_problem),
               help="Seed of the residual block's W1.")
+@click.option("--name", "name_template", metavar="TEMPLATE", help="Name of each new block: {target} (the layer's "
+              "module name), {i} (first free number), {n} (position in this call); default '{target}.n2n_deep{i}'.")
+@click.option("--weights-out", type=click.Path(dir_okay=False), help="Also write the grown parameters as a "
+              "safetensors file keyed by initializer name.")
 @click.option("--no-verify", is_flag=True, help="Skip the onnxruntime comparison.")
-@click.option("--force", is_flag=True, help="Overwrite OUTPUT if it exists.")
+@click.option("--force", is_flag=True, help="Overwrite OUTPUT (and the weights file) if it exists.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
 @verify_options
-def deepen(model, targets, output, copy_block, repeat, kernel, residual, no_bn, seed, no_verify, force, as_json,
-           **verify) -> None:
+def deepen(model, targets, output, copy_block, repeat, kernel, residual, no_bn, seed, name_template, weights_out,
+           no_verify, force, as_json, **verify) -> None:
     """Insert an identity-initialized layer after each TARGET's tail (bias, BatchNorm,
     activation); TARGET is a node, weight or module name, or a glob pattern. Exact when the
     activation is idempotent (ReLU, Clip); --residual is exact for any activation.
@@ -264,16 +293,17 @@ def deepen(model, targets, output, copy_block, repeat, kernel, residual, no_bn, 
     if repeat != 1 and not copy_block:
         raise Net2NetError("--repeat applies to --copy-block; give the blocks to copy")
     loaded, out = _load_for_output(model, output, force, verify["inputs_file"])
+    weights = H.check_weights_path(weights_out, [Path(model), *loaded.data_files], force, out) if weights_out else None
     with _json_on_mismatch(as_json, model, out):
         result = api.deepen_model(loaded.model, list(targets), kernel=kernel, residual=residual,
                                   batch_norm=not no_bn, seed=seed, verify=not no_verify,
                                   verify_options=_verify_kwargs(**verify), copy_block=list(copy_block),
-                                  repeat=repeat)
-    save_model(result.model, out, external_data=loaded.external_data)
+                                  repeat=repeat, name=name_template)
+    _save(result, out, weights, loaded.external_data)
     if as_json:
-        _emit_json(_result_json(model, out, result, written=True))
+        _emit_json(_result_json(model, out, result, written=True, weights=weights))
     else:
-        click.echo(format_deepened(result, str(out)), err=True)
+        click.echo(format_deepened(result, str(out), weights), err=True)
 
 
 @main.command()
@@ -284,16 +314,19 @@ def deepen(model, targets, output, copy_block, repeat, kernel, residual, no_bn, 
 @click.option("--workers", type=click.IntRange(min=1), help="Models processed in parallel "
               f"(default: number of CPUs, at most {batch.MAX_DEFAULT_WORKERS}).")
 @click.option("--report", "report_file", type=click.Path(dir_okay=False), help="Write a JSON report here.")
+@click.option("--weights-out", is_flag=True, help="Also write each grown model's parameters as "
+              "OUTDIR/<model name>.safetensors (as the plan's weights_out = true).")
 @click.option("--force", is_flag=True, help="Overwrite existing outputs.")
-def apply(plan_file, models, outdir, workers, report_file, force) -> None:
+def apply(plan_file, models, outdir, workers, report_file, weights_out, force) -> None:
     """Apply PLAN (TOML or JSON widen/deepen steps) to MODELS (files, directories or globs).
 
     Exit code 0 when every model succeeded, 1 when any failed verification, 2 when any failed
     for another reason. A failed model leaves no file behind."""
     plan = load_plan(plan_file)
-    jobs = batch.plan_jobs(batch.collect_models(list(models)), outdir, force)
+    jobs = batch.plan_jobs(batch.collect_models(list(models)), outdir, force, weights_out or plan.weights_out)
     report_path = batch.check_report(report_file, jobs, plan_file, force) if report_file else None
-    _warn_leftovers([job.output for job in jobs] + ([report_path] if report_path else []))
+    _warn_leftovers([job.output for job in jobs] + [job.weights for job in jobs if job.weights]
+                    + ([report_path] if report_path else []))
     workers = workers or batch.default_workers(len(jobs))
     plural = lambda n, word: f"{n} {word}{'' if n == 1 else 's'}"  # noqa: E731
     click.echo(f"applying {plan_file} ({plural(len(plan.steps), 'step')}) to {plural(len(jobs), 'model')} "

@@ -8,6 +8,7 @@ one, and a copy of the tail's activation when it is idempotent (f(f(x)) = f(x));
 from __future__ import annotations
 
 import re
+import string
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -30,6 +31,74 @@ class Insertion:
     nodes: list[str] = field(default_factory=list)
     weights: list[str] = field(default_factory=list)
     layers: list[str] = field(default_factory=list)  # the inserted Conv/Gemm/MatMul nodes
+    name: str = ""                                     # the block's name: its weights are NAME.<part>.<param>
+    shapes: dict[str, list[int]] = field(default_factory=dict)
+    block: dict = field(default_factory=dict)          # the block in framework terms
+
+    def to_json(self) -> dict:
+        block = dict(self.block, weights=[{"name": w, "shape": self.shapes[w]} for w in self.weights])
+        return {"target": self.target, "op": self.op, "name": self.name, "nodes": self.nodes,
+                "weights": self.weights, "layers": self.layers, "block": block}
+
+
+DEFAULT_NAME = "{target}.n2n_deep{i}"
+_PLACEHOLDERS = {"target", "i", "n"}
+_PART = re.compile(r"^[A-Za-z0-9_]+$")
+
+
+class NameTemplate:
+    """Names new blocks: {target} is the layer's module-like name ('fc1', 'layer1.0.conv1'),
+    {i} the first number that makes the name free, {n} the block's position in this call.
+
+    A custom template must give names made of parts (letters, digits, underscores) joined by
+    dots, so that a framework module can hold them, and must not reuse any existing name."""
+
+    def __init__(self, template: str | None, graph: gs.Graph) -> None:
+        self.custom = template is not None
+        self.template = DEFAULT_NAME if template is None else template
+        try:
+            fields = {f for _, f, _, _ in string.Formatter().parse(self.template) if f is not None}
+        except ValueError as exc:
+            raise Net2NetError(f"--name '{self.template}': {exc}") from None
+        unknown = fields - _PLACEHOLDERS
+        if unknown:
+            raise Net2NetError(f"--name '{self.template}': unknown placeholder {{{sorted(unknown)[0]}}} "
+                               f"(known: {{target}}, {{i}}, {{n}})")
+        self.numbered = "i" in fields
+        self.count = 0
+        self.taken: set[str] = set()
+        for name in [n.name for n in graph.nodes] + list(graph.tensors()):
+            self._take(name)
+
+    def _take(self, name: str) -> None:
+        """A name and every prefix it implies (a.b.c/d -> a, a.b, a.b.c, a.b.c/d) are taken."""
+        if not name:
+            return
+        self.taken.add(name)
+        for match in re.finditer(r"[./]", name):
+            self.taken.add(name[:match.start()])
+
+    def _render(self, target: str, i: int) -> str:
+        try:
+            return self.template.format(target=target, i=i, n=self.count)
+        except (ValueError, IndexError, KeyError) as exc:
+            raise Net2NetError(f"--name '{self.template}': {exc}") from None
+
+    def next(self, target: str) -> str:
+        i = 0
+        name = self._render(target, i)
+        while self.numbered and name in self.taken:
+            i += 1
+            name = self._render(target, i)
+        if self.custom and not all(_PART.match(p) for p in name.split(".")):
+            raise Net2NetError(f"--name '{self.template}' gives '{name}' for '{target}': names must be parts of "
+                               "letters, digits and underscores joined by dots (as framework modules are named)")
+        if name in self.taken:
+            raise Net2NetError(f"--name '{self.template}' gives '{name}' for '{target}', which is already used "
+                               "in the model (add {i} to number new blocks, or {n})")
+        self._take(name)
+        self.count += 1
+        return name
 
 
 def deepenable(node: gs.Node) -> bool:
@@ -83,17 +152,14 @@ def deepen_points(graph: gs.Graph) -> list[dict]:
 class _Builder:
     """Creates uniquely and readably named nodes, tensors and weights for one insertion."""
 
-    def __init__(self, graph: gs.Graph, base: str, insertion: Insertion, taken: set[str]) -> None:
-        index = 0
-        while f"{base}.n2n_deep{index}" in taken:
-            index += 1
-        self.prefix = f"{base}.n2n_deep{index}"
-        taken.add(self.prefix)
+    def __init__(self, graph: gs.Graph, prefix: str, insertion: Insertion) -> None:
+        self.prefix = insertion.name = prefix
         self.graph, self.insertion, self.count = graph, insertion, 0
 
     def weight(self, suffix: str, values: np.ndarray) -> gs.Constant:
         const = gs.Constant(f"{self.prefix}.{suffix}", np.asarray(values, order="C"))
         self.insertion.weights.append(const.name)
+        self.insertion.shapes[const.name] = list(const.shape)
         return const
 
     def node(self, op: str, inputs: list[gs.Tensor], attrs: dict | None = None, like: gs.Variable | None = None,
@@ -137,14 +203,8 @@ def _channels(layer: gs.Node, tail: Tail) -> tuple[int, int]:
     return units, rank
 
 
-def taken_prefixes(graph: gs.Graph) -> set[str]:
-    """Prefixes of earlier insertions ('conv3.n2n_deep0'), so new ones get the next number."""
-    names = [n.name for n in graph.nodes] + list(graph.tensors())
-    return {name[:m.end()] for name in names if name for m in re.finditer(r"\.n2n_deep\d+", name)}
-
-
 def insert(graph: gs.Graph, target: str, layer: gs.Node, kernel: int | None, residual: bool, batch_norm: bool,
-           rng: np.random.Generator, taken: set[str]) -> Insertion:
+           rng: np.random.Generator, names: NameTemplate) -> Insertion:
     """Insert one identity layer (or residual block) after `layer`'s tail; returns what was added.
     The caller toposorts once all insertions are made."""
     tail = find_tail(graph, layer)
@@ -163,7 +223,7 @@ def insert(graph: gs.Graph, target: str, layer: gs.Node, kernel: int | None, res
         if kernel % 2 == 0 or kernel < 1:
             raise Net2NetError(f"--kernel {kernel} must be odd (an even kernel cannot keep the size centred)")
     insertion = Insertion(target, layer.op)
-    build = _Builder(graph, _base_name(layer), insertion, taken)
+    build = _Builder(graph, names.next(_base_name(layer)), insertion)
 
     # The tail's last tensor keeps its name (it may be a graph output) and becomes the new
     # block's output; its producer now writes to a fresh tensor the block reads.
@@ -204,7 +264,67 @@ def insert(graph: gs.Graph, target: str, layer: gs.Node, kernel: int | None, res
     producer.outputs[producer.outputs.index(end)] = source
     last = x.inputs[0]
     last.outputs[last.outputs.index(x)] = end
+    ops = [n.op for n in graph.nodes if n.name in set(insertion.nodes)]
+    bn = not residual and tail.batch_norm is not None and batch_norm
+    insertion.block = describe_block(layer, units, rank, kernel if conv else None, residual, bn, tail, ops,
+                                     float(tail.batch_norm.attrs.get("epsilon", 1e-5)) if bn else None)
     return insertion
+
+
+_TORCH_ACTIVATIONS = {"Relu": "ReLU()", "GELU": "GELU()", "Gelu": "GELU()", "SiLU (x*sigmoid(x))": "SiLU()",
+                      "Sigmoid": "Sigmoid()", "Tanh": "Tanh()", "Elu": "ELU()", "Selu": "SELU()",
+                      "Softplus": "Softplus()", "HardSigmoid": "Hardsigmoid()", "HardSwish": "Hardswish()",
+                      "Mish": "Mish()"}
+
+
+def _torch_activation(tail: Tail) -> str | None:
+    name = tail.activation_name
+    if name is None:
+        return None
+    if name == "Clip":
+        node, bounds = tail.activation[0], []
+        for slot, key in ((1, "min"), (2, "max")):
+            tensor = node.inputs[slot] if len(node.inputs) > slot else None
+            value = G.constant(tensor) if tensor is not None else None
+            bounds.append(float(np.asarray(value).reshape(-1)[0]) if value is not None else node.attrs.get(key))
+        return "ReLU6()" if bounds == [0.0, 6.0] else f"Hardtanh({bounds[0]}, {bounds[1]})"
+    if name == "LeakyRelu":
+        return f"LeakyReLU({tail.activation[0].attrs.get('alpha', 0.01)})"
+    if name == "Max" or name.startswith("Max"):
+        return "ReLU()"
+    return _TORCH_ACTIVATIONS.get(name, f"<the target's activation: {name}>")
+
+
+def describe_block(layer: gs.Node, units: int, rank: int, kernel: int | None, residual: bool, bn: bool,
+                   tail: Tail, ops: list[str], eps: float | None) -> dict:
+    """The inserted block in framework terms: enough to build the same module in PyTorch."""
+    spatial = rank - 2
+    if kernel is not None:
+        op = "Conv"
+        layer_spec = {"op": "Conv", "channels": units, "kernel": [kernel] * spatial, "padding": [kernel // 2] * spatial,
+                      "stride": 1, "bias": True, "weight_layout": "(out, in, *kernel)"}
+        torch_layer = f"Conv{spatial}d({units}, {units}, kernel_size={kernel}, padding={kernel // 2})"
+        norm = f"BatchNorm{spatial}d({units}, eps={eps or 1e-5:g})"
+    else:
+        op = "Gemm" if layer.op == "Gemm" else "MatMul"
+        trans_b = bool(G.attr(layer, "transB", 0)) if op == "Gemm" else False
+        layout = "(out, in) as torch.nn.Linear.weight" if trans_b else \
+            "(in, out): transpose it for torch.nn.Linear.weight"
+        layer_spec = {"op": op, "features": units, "bias": True, "weight_layout": layout}
+        torch_layer = f"Linear({units}, {units})"
+        norm = f"BatchNorm1d({units}, eps={eps or 1e-5:g})"
+    activation = _torch_activation(tail)
+    parts = ("conv1", "conv2") if kernel is not None else ("fc1", "fc2")
+    if residual:
+        torch = (f"x + {parts[1]}(act({parts[0]}(x))) with {parts[0]} = {torch_layer} (random init), "
+                 f"act = {activation or 'ReLU()'}, {parts[1]} = {torch_layer} (zero init)")
+    else:
+        chain = [f"{'conv' if kernel is not None else 'fc'} = {torch_layer}"] + ([f"bn = {norm}"] if bn else []) \
+            + ([activation] if activation else [])
+        torch = " -> ".join(chain)
+    return {"kind": "residual" if residual else "identity", "ops": ops, "layer": layer_spec,
+            "activation": tail.activation_name if tail.activation else ("Relu" if residual else None),
+            "batch_norm": bn, "torch": torch}
 
 
 def _dirac(units: int, spatial: int, kernel: int, dtype) -> np.ndarray:
@@ -246,7 +366,7 @@ class BlockCopy:
     """One copy of a residual block, inserted after its source (or after the previous copy)."""
 
     target: str
-    block: str
+    copy_of: str                                  # the source block's id (b3)
     source: str                                   # the source block's Add node
     prefix: str
     op: str = "block"

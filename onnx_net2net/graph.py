@@ -27,10 +27,18 @@ _SKELETON_VALUE_LIMIT = 64
 _PROBE_WEIGHT_LIMIT = 8 << 30
 
 
+# A weight folded from Transpose(initializer) (how exporters spell Linear on 3-D inputs) keeps
+# where it came from in its doc_string, so grown weights can be handed back under that name.
+TRANSPOSE_OF = "onnx-net2net:transpose-of"
+
+
 def import_model(model: onnx.ModelProto) -> gs.Graph:
     """Import into onnx-graphsurgeon, fold constant subgraphs into weights, and infer shapes."""
     graph = gs.import_onnx(model)
     _numpy_dtypes(graph)
+    graph.n2n_origins = {t.name: t.doc_string for t in model.graph.initializer
+                         if t.doc_string.startswith(TRANSPOSE_OF)}
+    graph.n2n_declared = {t.name for t in model.graph.initializer}
     fold_constants(graph)
     infer_shapes(graph)
     if fold_constants(graph):  # CastLike targets whose dtype only inference knew
@@ -235,6 +243,7 @@ def fold_constants(graph: gs.Graph) -> int:
             values = _evaluate(node, opset(graph))
         except Exception:  # an op or attribute the reference implementation lacks
             continue
+        _note_transpose(graph, node)
         for out, value in zip(node.outputs, values):
             out.to_constant(np.asarray(value))
         node.outputs.clear()
@@ -251,6 +260,18 @@ def _known(node: gs.Node, slot: int) -> bool:
     if isinstance(tensor, gs.Constant) or is_empty(tensor):
         return True
     return node.op == "CastLike" and slot == 1 and tensor.dtype is not None
+
+
+def _note_transpose(graph: gs.Graph, node: gs.Node) -> None:
+    """Transpose of an initializer nothing else reads: remember the initializer's name and perm."""
+    if node.op != "Transpose" or len(node.inputs) != 1 or len(node.inputs[0].outputs) != 1:
+        return
+    source = node.inputs[0]
+    if source.name not in getattr(graph, "n2n_declared", ()) or source.name in getattr(graph, "n2n_origins", {}):
+        return   # not an initializer of the model (a Constant node's output), or itself a folded transpose
+    perm = node.attrs.get("perm") or list(reversed(range(len(source.shape))))
+    origins = graph.__dict__.setdefault("n2n_origins", {})
+    origins[node.outputs[0].name] = f"{TRANSPOSE_OF} {source.name} perm={','.join(str(int(p)) for p in perm)}"
 
 
 def _evaluate(node: gs.Node, version: int) -> list[np.ndarray]:
@@ -349,9 +370,12 @@ def export_model(graph: gs.Graph, original: onnx.ModelProto) -> onnx.ModelProto:
     out.output.extend(_interface(t, original.graph.output) for t in graph.outputs)
     interface = {t.name for t in graph.inputs + graph.outputs}
     tensors = [t for t in graph.tensors().values() if t.name not in interface]
+    origins = getattr(graph, "n2n_origins", {})
     for tensor in tensors:
         if isinstance(tensor, gs.Constant):
             _export_initializer(out, tensor)
+            if tensor.name in origins:
+                out.initializer[-1].doc_string = origins[tensor.name]
     out.value_info.extend(_value_info(t) for t in tensors
                           if isinstance(t, gs.Variable) and (t.dtype is not None or t.shape is not None))
     weights = {t.name for t in original.graph.initializer}

@@ -370,10 +370,15 @@ def weights_size(model: onnx.ModelProto) -> int:
 
 def save_text(output: str | os.PathLike[str], text: str) -> None:
     """Atomic text write (reports): a reader never sees half a file, a failure leaves none."""
+    save_bytes(output, text.encode())
+
+
+def save_bytes(output: str | os.PathLike[str], payload: bytes) -> None:
+    """Atomic write of a finished payload (reports, safetensors weights)."""
     out = real(output)
 
     def write(files: _AtomicFiles) -> None:
         with files.open(out) as handle:
-            handle.write(text.encode())
+            handle.write(payload)
 
     _write_atomically(out, write)

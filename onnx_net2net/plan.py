@@ -11,6 +11,7 @@ from pathlib import Path
 
 from . import checks
 from .errors import Net2NetError
+from .splitting import CLI_MODES, DEFAULT_MODE
 from .targets import FACTOR
 
 if sys.version_info >= (3, 11):
@@ -18,9 +19,9 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-_TOP_KEYS = {"seed", "step", "steps", "atol", "rtol", "dims", "strict"}
-_WIDEN_KEYS = {"widen", "noise", "optional", "seed"}
-_DEEPEN_KEYS = {"deepen", "residual", "kernel", "bn", "optional", "seed"}
+_TOP_KEYS = {"seed", "step", "steps", "atol", "rtol", "dims", "strict", "weights_out"}
+_WIDEN_KEYS = {"widen", "noise", "optional", "seed", "split", "split_scale"}
+_DEEPEN_KEYS = {"deepen", "residual", "kernel", "bn", "optional", "seed", "name"}
 _COPY_KEYS = {"copy_block", "repeat", "optional"}
 
 
@@ -36,6 +37,9 @@ class Step:
     optional: bool = False
     seed: int | None = None
     repeat: int = 1                             # copies per block (copy_block steps)
+    split: str = DEFAULT_MODE
+    split_scale: float | None = None
+    name: str | None = None
 
 
 @dataclass
@@ -47,10 +51,11 @@ class Plan:
     dims: dict[str, int] = field(default_factory=dict)
     source: str = "<plan>"
     strict: bool = False
+    weights_out: bool = False   # also write OUTDIR/<model name>.safetensors
 
     def to_json(self) -> dict:
         return {"seed": self.seed, "atol": self.atol, "rtol": self.rtol, "strict": self.strict, "dims": self.dims,
-                "steps": [asdict(s) for s in self.steps]}
+                "weights_out": self.weights_out, "steps": [asdict(s) for s in self.steps]}
 
     @property
     def verify_options(self) -> dict:
@@ -96,6 +101,7 @@ def parse_plan(data: object, source: str = "<plan>") -> Plan:
         if problem:
             raise fail(f"plan.dims.{name}", problem)
     plan.dims = dict(dims)
+    plan.weights_out = _bool(data.get("weights_out", False), fail, "plan", "weights_out")
     for number, raw in enumerate(raw_steps, start=1):
         plan.steps.append(_parse_step(raw, f"step {number}", fail))
     return plan
@@ -127,7 +133,14 @@ def _parse_step(raw: object, where: str, fail) -> Step:
             if problem:
                 raise fail(f"{where}.widen.{name}", problem)
         noise = _number(raw.get("noise", 0.0), fail, where, "noise") or 0.0
-        return Step("widen", targets, widen_all=widen_all, noise=noise, optional=optional, seed=seed)
+        split = raw.get("split", DEFAULT_MODE)
+        if split not in CLI_MODES:
+            raise fail(f"{where}.split", f"{split!r} must be one of {', '.join(CLI_MODES)}")
+        scale = _number(raw.get("split_scale"), fail, where, "split_scale")
+        if scale is not None and scale < 0:
+            raise fail(f"{where}.split_scale", f"{scale} must not be negative")
+        return Step("widen", targets, widen_all=widen_all, noise=noise, optional=optional, seed=seed, split=split,
+                    split_scale=scale)
     if kind == "copy_block":
         targets = [raw["copy_block"]] if isinstance(raw["copy_block"], str) else raw["copy_block"]
         if not isinstance(targets, list) or not targets or not all(isinstance(t, str) and t for t in targets):
@@ -146,8 +159,12 @@ def _parse_step(raw: object, where: str, fail) -> Step:
         kernel = _int(kernel, fail, where, "kernel")
         if kernel < 1 or kernel % 2 == 0:
             raise fail(f"{where}.kernel", f"{kernel} must be a positive odd number")
+    name = raw.get("name")
+    if name is not None and (not isinstance(name, str) or not name):
+        raise fail(f"{where}.name", f"{name!r} must be a name template such as '{{target}}_deep{{i}}'")
     return Step("deepen", list(targets), residual=_bool(raw.get("residual", False), fail, where, "residual"),
-                kernel=kernel, bn=_bool(raw.get("bn", True), fail, where, "bn"), optional=optional, seed=seed)
+                kernel=kernel, bn=_bool(raw.get("bn", True), fail, where, "bn"), optional=optional, seed=seed,
+                name=name)
 
 
 def _width_problem(width: int | float | str) -> str | None:

@@ -36,13 +36,13 @@ def _short(names: list[str], limit: int = 3) -> str:
 def format_groups(inspection) -> str:
     groups = inspection.groups
     rows = [[g["id"], g["kind"], g["width"] if g["unit_size"] == 1 else f"{g['units']}x{g['unit_size']}",
-             ("whole x" if g["mapping"] == "uniform" else "yes") if g["widenable"] else "no",
+             ("whole x" if g["family"] == "uniform" else "yes") if g["widenable"] else "no",
              _short(g["producers"]), len(g["consumers"]), g["reason"] or ""] for g in groups]
     widenable = sum(g["widenable"] for g in groups)
     head = (f"{inspection.model}: {inspection.parameters:,} parameters, {len(groups)} width groups, "
             f"{widenable} widenable")
     text = head + "\n" + _table(rows, ["group", "kind", "width", "widen", "producers", "consumers", "blocked by"])
-    if any(g["mapping"] == "uniform" and g["widenable"] for g in groups):
+    if any(g["family"] == "uniform" and g["widenable"] for g in groups):
         text += "\n'whole x': normalized over its units, so it widens by integer factors only (x2, x3)"
     if inspection.deepen:
         points = [[p["target"], p["op"], p["activation"] or "-", "yes" if p["exact"] else "residual only",
@@ -73,28 +73,62 @@ def format_report(report: Report) -> str:
     return f"{text}{notes}\n{verdict}"
 
 
-def format_widened(result, output: str) -> str:
-    lines = [f"{w['group']}: {w['old']} -> {w['new']} units ({', '.join(w['targets'])})" for w in result.widened]
+def handoff_json(result, weights) -> dict:
+    """The verification (or, with --noise, the deviation) and what a framework needs to take
+    the grown weights: the parameters changed, warnings and the weights file."""
+    report = result.report
+    deviation = None
+    if not result.exact and report is not None:  # measured, not enforced: how far from the original
+        deviation = {"max_abs": max((c.max_abs for c in report.outputs), default=0.0),
+                     "max_rel": max((c.max_rel for c in report.outputs), default=0.0), "enforced": False}
+    return {"exact": result.exact, "deviation": deviation, "verification": report.to_json() if report else None,
+            "changed": result.changed, "warnings": result.warnings, "weights": str(weights) if weights else None}
+
+
+def _verdict(result) -> str:
+    if result.report is None:
+        return "not verified (--no-verify)"
+    if result.exact:
+        return format_report(result.report)
+    worst_abs = max((c.max_abs for c in result.report.outputs), default=0.0)
+    worst_rel = max((c.max_rel for c in result.report.outputs), default=0.0)
+    return (f"NOT exact (--noise): the outputs differ from the original's by up to {worst_abs:.3g} "
+            f"(relative {worst_rel:.3g}); written as asked")
+
+
+def _written(output: str, weights, result) -> list[str]:
+    lines = [f"wrote {output}"]
+    if weights:
+        lines.append(f"wrote {weights} ({len(result.changed)} changed parameters among the weights)")
+    return lines
+
+
+def format_widened(result, output: str, weights=None) -> str:
+    lines = []
+    for w in result.widened:
+        split = w.get("split") or {}
+        how = f"; split {split['mode']}" + (f" (scale {split['scale']:g})" if split.get("scale") else "") if split else ""
+        lines.append(f"{w['group']}: {w['old']} -> {w['new']} units ({', '.join(w['targets'])}){how}")
     if result.blocked and any("all" in w["targets"] for w in result.widened):
         lines.append(f"not widenable: {', '.join(b['group'] for b in result.blocked)} (see inspect for reasons)")
     lines.append(f"parameters: {result.parameters_before:,} -> {result.parameters_after:,}")
-    if result.report is not None:
-        lines.append(format_report(result.report))
-    else:
-        lines.append("not verified (--no-verify)")
-    lines.append(f"wrote {output}")
-    return "\n".join(lines)
+    lines.append(_verdict(result))
+    return "\n".join(lines + _written(output, weights, result))
 
 
-def format_deepened(result, output: str) -> str:
-    lines = [f"{i['target']}: copied block {i['block']} ({i['source']}) as {i['prefix']}: {len(i['nodes'])} nodes, "
-             f"zeroed {', '.join(i['zeroed'])}" if i.get("op") == "block" else
-             f"{i['target']}: inserted {', '.join(i['layers'])} ({len(i['nodes'])} nodes)" for i in result.inserted]
+def format_deepened(result, output: str, weights=None) -> str:
+    lines = []
+    for i in result.inserted:
+        if i.get("op") == "block":
+            lines.append(f"{i['target']}: copied block {i['copy_of']} ({i['source']}) as {i['prefix']}: "
+                         f"{len(i['nodes'])} nodes, zeroed {', '.join(i['zeroed'])}")
+        else:
+            lines.append(f"{i['target']}: inserted {i.get('name') or ', '.join(i['layers'])}: "
+                         f"{i['block']['torch'] if i.get('block') else ', '.join(i['layers'])}")
     lines += [f"not copied: block {s['block']} ({s['add']}): {s['reason']}" for s in getattr(result, "skipped", [])]
     lines.append(f"parameters: {result.parameters_before:,} -> {result.parameters_after:,}")
-    lines.append(format_report(result.report) if result.report is not None else "not verified (--no-verify)")
-    lines.append(f"wrote {output}")
-    return "\n".join(lines)
+    lines.append(_verdict(result))
+    return "\n".join(lines + _written(output, weights, result))
 
 
 def format_batch(results: list[dict], steps: int) -> str:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import onnx_graphsurgeon as gs
 
 from . import graph as G
+from . import splitting as S
 from .errors import Net2NetError
 from .analysis import Analysis, Effect, Group
 from .layout import Mapping, axis_plan, element_mask, new_size, segment_mapping
@@ -22,6 +23,19 @@ class Widening:
     old: int
     new: int
     targets: list[str]
+    mapping: Mapping | None = None     # set by apply: new unit j copies old unit mapping.source[j]
+    shares: np.ndarray | None = None   # per new unit: its share of the source's outgoing weights
+
+    def to_json(self, split: S.Split | None = None) -> dict:
+        """What a user needs to carry a framework's state over: the mapping, replica counts and
+        the split of the outgoing weights."""
+        doc = {"group": self.group.id, "targets": self.targets, "old": self.old, "new": self.new,
+               "family": "uniform" if self.group.uniform else "random", "unit_size": self.group.grain}
+        if self.mapping is not None:  # over the group's units: runs of `unit_size` (a head's) when > 1
+            doc["mapping"] = self.mapping.source.tolist()
+            doc["replicas"] = self.mapping.counts.tolist()
+            doc["split"] = dict(split.describe() if split else {}, shares=[float(x) for x in self.shares])
+        return doc
 
 
 def resolve(analysis: Analysis, requests: dict[str, int | float | str] | list[tuple[str, int | float | str]],
@@ -168,19 +182,24 @@ def make_mapping(old: int, new: int, partitions: int, rng: np.random.Generator,
 
 
 def apply(graph: gs.Graph, analysis: Analysis, widenings: list[Widening], seed: int = 0,
-          noise: float = 0.0) -> list[dict]:
-    """Rewrite initializers, shape constants and attributes of every widened group, in place.
+          noise: float = 0.0, split: S.Split | None = None) -> tuple[list[str], list[dict]]:
+    """Rewrite initializers, shape constants and attributes of every widened group, in place;
+    returns the names of the constants written (rewritten or added), and the untyings.
 
     A constant read in ways that need different rewrites (a table tied between an embedding
     lookup, whose columns are copied, and an output head, whose columns are divided) is
-    untied into one copy per way; returns those untyings for the report."""
+    untied into one copy per way."""
+    split = replace(split or S.Split(), seed=seed)
     mappings: dict[int, Mapping] = {}
     fresh: dict[int, np.ndarray] = {}
+    shares: dict[int, np.ndarray] = {}
     for w in widenings:
         index = int(w.group.id[1:])
         rng = np.random.default_rng([seed, index])
         mappings[w.group.root], fresh[w.group.root] = make_mapping(
             w.group.units, w.new // w.group.grain, w.group.partitions, rng, uniform=w.group.uniform)
+        w.mapping = mappings[w.group.root]
+        w.shares = shares[w.group.root] = S.unit_shares(w.mapping, split, index)
     canon = {id(e): analysis.canonical(e.layout) for e in analysis.effects}
     relevant = [e for e in analysis.effects if canon[id(e)].spaces & mappings.keys()]
     by_slot: dict[tuple[int, int], list[Effect]] = {}
@@ -197,6 +216,8 @@ def apply(graph: gs.Graph, analysis: Analysis, widenings: list[Widening], seed: 
 
     noise_rng = np.random.default_rng([seed, 1 << 20])
     untied: list[dict] = []
+    written: list[str] = []
+    context = _Context(canon, mappings, fresh, shares, noise, noise_rng, split)
     for tensor, uses in _uses_by_tensor(graph, by_slot).values():
         variants: dict[tuple, list[tuple[gs.Node, int]]] = {}
         for node, slot in uses:
@@ -207,11 +228,14 @@ def apply(graph: gs.Graph, analysis: Analysis, widenings: list[Widening], seed: 
             if not key:
                 continue
             effects = by_slot[(id(slots[0][0]), slots[0][1])]
-            values = _transform(np.asarray(tensor.values), effects, canon, mappings, fresh, noise, noise_rng)
+            values = _transform(np.asarray(tensor.values), effects, context,
+                                S.entry_rng(split, tensor.name, number))
             if len(variants) == 1:
                 tensor.values = values
+                written.append(tensor.name)
             else:
                 copy = gs.Constant(f"{tensor.name}__n2n{number}", values)
+                written.append(copy.name)
                 for node, slot in slots:
                     node.inputs[slot] = copy
                 readers = sorted({G.label(node) for node, _ in slots})
@@ -221,7 +245,18 @@ def apply(graph: gs.Graph, analysis: Analysis, widenings: list[Widening], seed: 
                if analysis.canonical(layout).spaces & mappings.keys()}
     G.clear_shapes([t for name, t in graph.tensors().items() if name in widened])
     G.infer_shapes(graph)
-    return untied
+    return written, untied
+
+
+@dataclass
+class _Context:
+    canon: dict
+    mappings: dict[int, Mapping]
+    fresh: dict[int, np.ndarray]
+    shares: dict[int, np.ndarray]
+    noise: float
+    noise_rng: np.random.Generator
+    split: S.Split
 
 
 def _uses_by_tensor(graph: gs.Graph, by_slot: dict) -> dict[str, tuple[gs.Constant, list[tuple[gs.Node, int]]]]:
@@ -241,67 +276,58 @@ def _uses_by_tensor(graph: gs.Graph, by_slot: dict) -> dict[str, tuple[gs.Consta
     return uses
 
 
-def _transform(values: np.ndarray, effects: list[Effect], canon: dict, mappings: dict[int, Mapping],
-               fresh: dict[int, np.ndarray], noise: float, rng: np.random.Generator) -> np.ndarray:
+def _transform(values: np.ndarray, effects: list[Effect], ctx: _Context, rng: np.random.Generator) -> np.ndarray:
     for effect in effects:
-        layout = canon[id(effect)]
+        layout = ctx.canon[id(effect)]
         if effect.kind == "entry":
             values = values.copy()
-            values.reshape(-1)[effect.axis] = new_size(layout, mappings) if effect.value is None else effect.value
+            values.reshape(-1)[effect.axis] = new_size(layout, ctx.mappings) if effect.value is None else effect.value
             continue
         if effect.kind == "grouped_contract":
-            values = _grouped_contract(values, effect.axis, effect.groups, layout, mappings)
+            values = _grouped_contract(values, effect, layout, ctx, rng)
             continue
-        index, counts = axis_plan(layout, mappings)
+        index, counts = axis_plan(layout, ctx.mappings)
         widened = np.take(values, index, axis=effect.axis)
         if effect.kind == "contract":
-            widened = _divide_replicas(widened, effect, counts)
-        elif effect.incoming and noise > 0:
-            widened = _add_noise(widened, values, effect.axis, layout, fresh, mappings, noise, rng)
+            widened = S.contract(widened, effect.axis, index, counts, S.element_shares(layout, ctx.shares, ctx.mappings),
+                                 ctx.split, rng, _spread(values, ctx.split))
+        elif effect.incoming and (ctx.noise > 0 or ctx.split.incoming_noise > 0):
+            noise = float(np.hypot(ctx.noise, ctx.split.incoming_noise))   # independent draws add in variance
+            widened = _add_noise(widened, values, effect.axis, layout, ctx.fresh, ctx.mappings, noise,
+                                 ctx.noise_rng)
         values = widened
     return values
 
 
-def _divide_replicas(widened: np.ndarray, effect: Effect, counts: np.ndarray) -> np.ndarray:
-    """Divide each unit's entries by its replica count, in float64, cast back to the dtype.
-
-    Done in place, a slab of rows at a time, so a large weight never needs a float64 twin."""
-    dtype = widened.dtype
-    if not np.issubdtype(dtype, np.floating) and dtype.name != "bfloat16":
-        raise Net2NetError(f"weight of {G.label(effect.node)} has dtype {dtype}; replica division needs floats")
-    shape = [1] * widened.ndim
-    shape[effect.axis] = -1
-    divisor = counts.astype(np.float64).reshape(shape)
-    widened = np.ascontiguousarray(widened)
-    rows = widened.shape[0] if widened.ndim else 1
-    step = max(1, _SLAB_ELEMENTS // max(1, widened.size // max(rows, 1)))
-    for start in range(0, rows, step):
-        slab = widened[start:start + step]
-        part = divisor[start:start + step] if effect.axis == 0 else divisor
-        slab[...] = slab.astype(np.float64) / part
-    return widened
+def _spread(values: np.ndarray, split: S.Split) -> float:
+    """The weight's standard deviation (the unit of antithetic noise), computed only when needed."""
+    if split.kind != "antithetic" or not split.per_entry or values.size == 0:
+        return 0.0
+    return float(np.std(values, dtype=np.float64))
 
 
-_SLAB_ELEMENTS = 1 << 22
-
-
-def _grouped_contract(values: np.ndarray, axis: int, groups: int, layout, mappings) -> np.ndarray:
-    """Weights (C_out, C_in/groups, k...): inside group i, new input j reads old input g(j)."""
+def _grouped_contract(values: np.ndarray, effect: Effect, layout, ctx: _Context,
+                      rng: np.random.Generator) -> np.ndarray:
+    """Weights (C_out, C_in/groups, k...): inside group i, new input j reads old input g(j),
+    and the replicas inside each group split its outgoing weights."""
     (segment,) = layout.segments
-    mapping = segment_mapping(segment, mappings)
+    mapping = segment_mapping(segment, ctx.mappings)
     if mapping is None:
         return values
+    groups, axis = effect.groups, effect.axis
     per_old, per_new = segment.units // groups, mapping.width // groups
     c_out = values.shape[0]
-    blocks = values.reshape(groups, c_out // groups, *values.shape[1:]).astype(np.float64)
+    blocks = values.reshape(groups, c_out // groups, *values.shape[1:])
+    unit_shares = ctx.shares[segment.space]
+    spread = _spread(values, ctx.split)
     out = []
     for part in range(groups):
-        local = mapping.source[part * per_new:(part + 1) * per_new] - part * per_old
-        counts = mapping.counts[mapping.source[part * per_new:(part + 1) * per_new]]
-        shape = [1] * (blocks.ndim - 1)
-        shape[axis] = -1
-        out.append(np.take(blocks[part], local, axis=axis) / counts.reshape(shape))
-    return np.concatenate(out, axis=0).astype(values.dtype)
+        units = slice(part * per_new, (part + 1) * per_new)
+        local = mapping.source[units] - part * per_old
+        counts = mapping.counts[mapping.source[units]]
+        widened = np.take(blocks[part], local, axis=axis)
+        out.append(S.contract(widened, axis, local, counts, unit_shares[units], ctx.split, rng, spread))
+    return np.concatenate(out, axis=0)
 
 
 def _add_noise(widened, original, axis, layout, fresh, mappings, noise, rng) -> np.ndarray:

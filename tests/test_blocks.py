@@ -144,7 +144,7 @@ def test_copy_reads_the_same_mask_and_names_its_weights_after_the_source():
     model = transformer()
     result = checked(model, copy_block=["b2"], dims={"B": 2})
     (copy,) = result.inserted
-    assert copy["prefix"] == "layers.1.n2n_copy0" and copy["block"] == "b2"
+    assert copy["prefix"] == "layers.1.n2n_copy0" and copy["copy_of"] == "b2"
     assert copy["zeroed"] == ["layers.1.n2n_copy0.attn.o.weight", "layers.1.n2n_copy0.attn.o.bias"]
     assert "/layers/1.n2n_copy0/attn/q/MatMul" in copy["layers"]
     for name in copy["zeroed"]:
@@ -344,11 +344,11 @@ def test_nested_blocks_innermost_is_copied():
     }""", {"outer__fc1__weight": (8, 8), "inner__fc2__weight": (8, 8), "outer__fc3__weight": (8, 8)}))
     blocks = n2n.inspect(model).blocks
     assert [(b["add"], b["nodes"]) for b in blocks] == [("/inner/sum/Add", 2), ("/y/Add", 6)]
-    assert checked(model, copy_block=["inner.fc2"]).inserted[0]["block"] == "b0"
-    assert checked(model, copy_block=["outer.fc3"]).inserted[0]["block"] == "b1"
-    assert checked(model, copy_block=["outer.fc1"]).inserted[0]["block"] == "b1"
+    assert checked(model, copy_block=["inner.fc2"]).inserted[0]["copy_of"] == "b0"
+    assert checked(model, copy_block=["outer.fc3"]).inserted[0]["copy_of"] == "b1"
+    assert checked(model, copy_block=["outer.fc1"]).inserted[0]["copy_of"] == "b1"
     both = checked(model, copy_block=["*"], repeat=2)
-    assert [c["block"] for c in both.inserted] == ["b0", "b0", "b1", "b1"]
+    assert [c["copy_of"] for c in both.inserted] == ["b0", "b0", "b1", "b1"]
     # the outer copy, made last, contains the inner block and its two copies (each with the
     # ReLU after the inner Add), then its own Add
     assert len(both.inserted[2]["nodes"]) == 6 + 2 * 4 + 1

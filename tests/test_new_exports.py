@@ -103,7 +103,7 @@ def test_counts_are_pinned(exported):
 def test_normalized_streams_refuse_fractional_factors_naming_the_norm(exported):
     name, model, _, inspection = exported
     for group in inspection.groups:
-        if group["widenable"] and group["mapping"] == "uniform":
+        if group["widenable"] and group["family"] == "uniform":
             with pytest.raises(n2n.Net2NetError, match=r"integer factor") as info:
                 n2n.widen(model, {group["id"]: "x1.5"}, verify=False)
             assert "Normalization" in str(info.value) or "ReduceMean" in str(info.value), name

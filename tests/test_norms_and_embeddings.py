@@ -67,7 +67,7 @@ def _transformer_like(norm: str):
 def test_hidden_stream_through_a_norm_widens_by_integer_factors(norm):
     model = _transformer_like(norm)
     group = group_of(model, "Gather->tok")
-    assert group["widenable"] and group["mapping"] == "uniform"
+    assert group["widenable"] and group["family"] == "uniform"
     for factor in (2, 3):
         wide = widen_checked(model, {"E": f"x{factor}"})
         table = initializer(wide, "E")
@@ -121,7 +121,7 @@ def test_max_over_the_units_takes_any_mapping():
         h = MatMul(x, W)
         y = ReduceMax<keepdims=1, axes=[-1]>(h)
     }""", {"W": (8, 6)})
-    assert group_of(model, "MatMul->h")["mapping"] == "random"
+    assert group_of(model, "MatMul->h")["family"] == "random"
     widen_checked(model, {"W": 9})
 
 
@@ -348,7 +348,7 @@ def test_group_norm_widens_uniformly_inside_each_group():
         y = Conv(r, Wc)
     }""", {"Wa": (8, 3, 1, 1), "s": (per,), "b": (per,), "Wc": (2, 8, 1, 1)})
     group = group_of(model, "Conv->a")
-    assert group["widenable"] and group["mapping"] == "uniform"
+    assert group["widenable"] and group["family"] == "uniform"
     widen_checked(model, {"Wa": "x2"})
     widen_checked(model, {"Wa": "x3"})
 
