@@ -24,7 +24,10 @@ class Family(enum.Flag):
     NONE = 0
     RANDOM = enum.auto()
     UNIFORM = enum.auto()
-    ANY = RANDOM | UNIFORM
+    # copies may compute other values than their sources as long as consumers give them no
+    # weight (the 'fresh' split's noisy copies); norms, means and extremes over units forbid it
+    FREE_COPIES = enum.auto()
+    ANY = RANDOM | UNIFORM | FREE_COPIES
 
 
 @dataclass(eq=False)

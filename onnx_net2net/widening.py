@@ -10,7 +10,7 @@ import onnx_graphsurgeon as gs
 from . import graph as G
 from . import splitting as S
 from .errors import Net2NetError
-from .analysis import Analysis, Effect, Group
+from .analysis import Analysis, Effect, Family, Group
 from .layout import Mapping, axis_plan, element_mask, new_size, segment_mapping
 from .targets import NameIndex, is_pattern, parse_width
 
@@ -217,7 +217,8 @@ def apply(graph: gs.Graph, analysis: Analysis, widenings: list[Widening], seed: 
     noise_rng = np.random.default_rng([seed, 1 << 20])
     untied: list[dict] = []
     written: list[str] = []
-    context = _Context(canon, mappings, fresh, shares, noise, noise_rng, split)
+    free = {w.group.root for w in widenings if w.group.family & Family.FREE_COPIES}
+    context = _Context(canon, mappings, fresh, shares, noise, noise_rng, split, free)
     for tensor, uses in _uses_by_tensor(graph, by_slot).values():
         variants: dict[tuple, list[tuple[gs.Node, int]]] = {}
         for node, slot in uses:
@@ -257,6 +258,7 @@ class _Context:
     noise: float
     noise_rng: np.random.Generator
     split: S.Split
+    free: set[int]  # groups whose copies may differ from their sources (see Family.FREE_COPIES)
 
 
 def _uses_by_tensor(graph: gs.Graph, by_slot: dict) -> dict[str, tuple[gs.Constant, list[tuple[gs.Node, int]]]]:
@@ -289,12 +291,15 @@ def _transform(values: np.ndarray, effects: list[Effect], ctx: _Context, rng: np
         index, counts = axis_plan(layout, ctx.mappings)
         widened = np.take(values, index, axis=effect.axis)
         if effect.kind == "contract":
-            widened = S.contract(widened, effect.axis, index, counts, S.element_shares(layout, ctx.shares, ctx.mappings),
-                                 ctx.split, rng, _spread(values, ctx.split))
-        elif effect.incoming and (ctx.noise > 0 or ctx.split.incoming_noise > 0):
-            noise = float(np.hypot(ctx.noise, ctx.split.incoming_noise))   # independent draws add in variance
-            widened = _add_noise(widened, values, effect.axis, layout, ctx.fresh, ctx.mappings, noise,
-                                 ctx.noise_rng)
+            shares = S.element_shares(layout, ctx.shares, ctx.mappings)
+            widened = S.contract(widened, effect.axis, index, counts, shares, ctx.split, rng,
+                                 _spread(values, ctx.split))
+        elif effect.incoming:
+            free = layout.spaces <= ctx.free  # else the split's noise would change a norm or extreme
+            noise = float(np.hypot(ctx.noise, ctx.split.incoming_noise if free else 0.0))
+            if noise > 0:
+                widened = _add_noise(widened, values, effect.axis, layout, ctx.fresh, ctx.mappings, noise,
+                                     ctx.noise_rng)
         values = widened
     return values
 

@@ -388,3 +388,11 @@ def test_plain_units_meeting_a_concatenation_split_to_match():
         assert group_of(model, producer)["widenable"], producer
     widen_checked(model, {}, widen_all="x2")
     widen_checked(model, {}, widen_all="x1.5")
+
+
+@pytest.mark.parametrize("split", ["fresh", "antithetic", "random", "equal"])
+def test_every_split_keeps_normalized_streams_and_heads_exact(split):
+    """'fresh' copies get noisy incoming weights only where nothing but their consumers sees
+    them: not in a stream a norm averages over, whose copies must equal their sources."""
+    for model, target in ((_transformer_like("op"), "hidden"), (_attention(2), "heads")):
+        widen_checked(model, {target: "x2"}, split=split)

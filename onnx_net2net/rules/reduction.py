@@ -6,7 +6,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from .. import graph as G
-from ..analysis import Analysis
+from ..analysis import Analysis, Family
 from ..layout import Layout
 from . import register
 
@@ -60,8 +60,10 @@ def reduce(analysis: Analysis, node: gs.Node, ins: list[Layout | None]) -> list[
         analysis.block(x, node, "reduction axes are computed at runtime")
         return [None]
     if x.axis in axes:
-        if node.op in ("ReduceMax", "ReduceMin"):
-            return [None]  # copies of units never change an extreme
+        if node.op in ("ReduceMax", "ReduceMin"):  # exact copies of units never change an extreme
+            analysis.restrict(x, node, Family.RANDOM | Family.UNIFORM, "takes an extreme over these units, "
+                              "so copies must equal their sources")
+            return [None]
         if node.op != "ReduceMean":
             analysis.block(x, node, "reduces over the unit axis (duplicated units change the result)")
             return [None]
