@@ -13,7 +13,8 @@ loss (mean ± std over seeds) and how many of the widened layer's units are dist
 training; curves go to PNG files.
 
     PYTHONPATH=. /work/venv-torch/bin/python tools/bench_transfer.py            # both models, 3 seeds
-    PYTHONPATH=. /work/venv-torch/bin/python tools/bench_transfer.py --models mlp --seeds 1 --quick
+    PYTHONPATH=. /work/venv-torch/bin/python tools/bench_transfer.py --models mlp --sweep
+    PYTHONPATH=. /work/venv-torch/bin/python tools/bench_transfer.py --from-json   # tables, PNGs again
 
 Needs torch, safetensors and matplotlib (not needed by the package or its tests).
 """
@@ -250,24 +251,24 @@ class Variant:
     new_lr: float = 1.0       # learning-rate multiplier for the entries a widening added
 
 
-def variants(quick: bool, only: str | None = None) -> list[Variant]:
+def variants(sweep: bool, only: str | None = None) -> list[Variant]:
+    """The default set; `sweep` adds the modes and scales that did worse (see the README)."""
     found = [Variant("widen x2, split equal", "widen", "equal"),
-             Variant("widen x2, split random (per unit)", "widen", "random-unit"),
              Variant("widen x2, split random (per entry)", "widen", "random-entry"),
              Variant("widen x2, split antithetic 0.5", "widen", "antithetic", 0.5),
              Variant("widen x2, split fresh 1.0", "widen", "fresh", 1.0),
-             Variant("widen x2, equal + noise 0.01", "widen", "equal", noise=0.01),
+             Variant("widen x2, split fresh 1.0, new entries lr x3", "widen", "fresh", 1.0, new_lr=3.0),
+             Variant("widen x2, split fresh 1.0, new entries lr x10", "widen", "fresh", 1.0, new_lr=10.0),
+             Variant("widen x2, split antithetic 0.5, new entries lr x3", "widen", "antithetic", 0.5, new_lr=3.0),
              Variant("widen x2, equal + noise 0.1", "widen", "equal", noise=0.1),
              Variant("deepen identity", "deepen"),
              Variant("deepen residual", "deepen", residual=True)]
-    if not quick:
-        found[5:5] = [Variant("widen x2, split antithetic 0.1", "widen", "antithetic", 0.1),
+    if sweep:
+        found[1:1] = [Variant("widen x2, split random (per unit)", "widen", "random-unit")]
+        found[4:4] = [Variant("widen x2, split antithetic 0.1", "widen", "antithetic", 0.1),
                       Variant("widen x2, split antithetic 1.0", "widen", "antithetic", 1.0),
-                      Variant("widen x2, split fresh 0 (no incoming noise)", "widen", "fresh", 0.0),
-                      Variant("widen x2, split fresh 1.0, new entries lr x3", "widen", "fresh", 1.0, new_lr=3.0),
-                      Variant("widen x2, split fresh 1.0, new entries lr x10", "widen", "fresh", 1.0, new_lr=10.0),
-                      Variant("widen x2, split antithetic 0.5, new entries lr x3", "widen", "antithetic", 0.5,
-                              new_lr=3.0)]
+                      Variant("widen x2, split fresh 0 (no incoming noise)", "widen", "fresh", 0.0)]
+        found.insert(-2, Variant("widen x2, equal + noise 0.01", "widen", "equal", noise=0.01))
     if only:
         found = [v for v in found if any(word in v.label for word in only.split(","))]
     return found
@@ -335,7 +336,7 @@ class Outcome:
     curves: list[Curve] = field(default_factory=list)
 
 
-def run(task_name: str, seeds: int, steps: int, small_steps: int, quick: bool, exporter: str, lr: float,
+def run(task_name: str, seeds: int, steps: int, small_steps: int, sweep: bool, exporter: str, lr: float,
         batch: int, every: int, out: Path, only: str | None = None) -> dict[str, Outcome]:
     outcomes: dict[str, Outcome] = {}
     with tempfile.TemporaryDirectory(prefix="n2n-bench-") as tmp:
@@ -354,7 +355,7 @@ def run(task_name: str, seeds: int, steps: int, small_steps: int, quick: bool, e
             export(small, task, onnx_path, exporter)
             groups = n2n.inspect(onnx_path).groups
             baselines = {"widen": baseline}
-            for variant in variants(quick, only):
+            for variant in variants(sweep, only):
                 started = time.perf_counter()
                 model, widened = grow(variant, task, onnx_path, workdir, seed)
                 if variant.kind == "deepen" and variant.residual not in baselines:
@@ -455,7 +456,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--every", type=int, default=50, help="held-out evaluation interval")
     parser.add_argument("--exporter", choices=("dynamo", "legacy"), default="dynamo")
-    parser.add_argument("--quick", action="store_true", help="fewer variants (no scale sweep)")
+    parser.add_argument("--sweep", action="store_true", help="also the modes and scales that did worse")
     parser.add_argument("--out", default="build/bench_transfer", help="folder for the PNG curves")
     parser.add_argument("--only", help="comma-separated words: run only variants whose label has one")
     parser.add_argument("--from-json", action="store_true",
@@ -470,7 +471,7 @@ def main() -> None:
             plot(outcomes, name, Path(args.out))
             print(table(outcomes, name) + "\n")
             continue
-        outcomes = run(name, args.seeds, args.steps, args.small_steps, args.quick, args.exporter, args.lr,
+        outcomes = run(name, args.seeds, args.steps, args.small_steps, args.sweep, args.exporter, args.lr,
                        args.batch, args.every, Path(args.out), args.only)
         print(table(outcomes, name))
         print()
