@@ -59,7 +59,7 @@ def _bf16_forward(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
 def test_bfloat16_weights_are_read_divided_and_written_as_bfloat16():
     model = _bf16_mlp()
     assert [g["widenable"] for g in n2n.inspect(model).groups] == [True, True, False]
-    wide = n2n.widen(model, {"W1": 9, "W2": 15}, seed=1, verify=False)
+    wide = n2n.widen(model, {"W1": 9, "W2": 15}, seed=1, verify=False, split="equal")
     onnx.checker.check_model(wide, full_check=True)
     assert {t.name: t.data_type for t in wide.graph.initializer} == {
         "W1": onnx.TensorProto.BFLOAT16, "B1": onnx.TensorProto.BFLOAT16, "W2": onnx.TensorProto.BFLOAT16,

@@ -128,7 +128,7 @@ def test_weights_out_is_checked_before_anything_is_written(tmp_path):
     assert result.exit_code == 2 and "already exists" in result.stderr
     assert not out.exists() and weights.read_bytes() == b"keep"
     result = invoke("widen", CNN, "-o", out, "conv2=x2", "--weights-out", CNN)
-    assert result.exit_code == 2 and "input model" in result.stderr and not out.exists()
+    assert result.exit_code == 2 and "is an input of this run" in result.stderr and not out.exists()
     result = invoke("widen", CNN, "-o", out, "nope=x2", "--weights-out", tmp_path / "new.safetensors")
     assert result.exit_code == 2 and not (tmp_path / "new.safetensors").exists()
     result = invoke("widen", CNN, "-o", out, "conv2=x2", "--weights-out", weights, "--force")
