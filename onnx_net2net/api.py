@@ -17,7 +17,7 @@ from . import handoff as H
 from . import splitting as S
 from . import widening as W
 from .errors import Net2NetError, VerificationError
-from .analysis import Analysis
+from .analysis import Analysis, Family
 from .groups import analyze
 from .io import LoadedModel, load_model
 from .targets import is_pattern
@@ -119,7 +119,8 @@ def widen_model(source: str | os.PathLike[str] | onnx.ModelProto,
                                   for g in analysis.groups if not g.widenable], skipped=skipped, untied=untied,
                          changed=H.changed_initializers(loaded.model, model, written),
                          warnings=H.round_trip_warnings(loaded.model),
-                         exact=noise == 0.0 or splitting.exact_with_noise)
+                         exact=noise == 0.0 or splitting.exact_with_noise
+                         and all(w.group.family & Family.FREE_COPIES for w in widenings))
     if verify:
         result.report = compare(loaded.model, model, **(verify_options or {}))
         if not result.report.passed and result.exact:

@@ -209,13 +209,14 @@ def inspect(model: str, as_json: bool) -> None:
 @click.option("--split", type=click.Choice(CLI_MODES), default=DEFAULT_MODE, show_default=True,
               help="How copies share their unit's outgoing weights: equal (w/k: copies stay copies), "
                    "random (random positive shares), antithetic (w/k ± noise cancelling over the copies) or "
-                   "fresh (copies get 0 and noisy incoming weights). All exact; all but equal let copies "
-                   "diverge in training, fresh trains best.")
+                   "fresh (copies get 0 and noisy incoming weights; the default, it trains best). All exact; "
+                   "all but equal let copies diverge in training.")
 @click.option("--split-scale", type=float, help="Spread of random shares (log scale), antithetic noise or fresh "
               "copies' incoming noise (relative to the weights' std); default by mode.")
 @click.option("--noise", type=float, default=0.0, show_default=True, callback=_checked(checks.amount_problem),
               help="Std of noise added to the copied units' incoming weights, relative to the weights' std "
-                   "(the paper's symmetry breaking). NOT exact (except with --split fresh): the deviation is "
+                   "(the paper's symmetry breaking). NOT exact, except with --split fresh where copies feed "
+                   "nothing and nothing normalizes over them: the deviation is "
                    "reported and the model written.")
 @click.option("--weights-out", type=click.Path(dir_okay=False), help="Also write the grown parameters as a "
               "safetensors file keyed by initializer name.")

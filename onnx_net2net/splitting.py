@@ -32,7 +32,7 @@ MODES = ("equal", "random", "random-unit", "random-entry", "antithetic", "fresh"
 # The modes the CLI offers; 'random' is one of the two random variants (see RANDOM_IS).
 CLI_MODES = ("equal", "random", "antithetic", "fresh")
 RANDOM_IS = "random-entry"
-DEFAULT_MODE = "antithetic"
+DEFAULT_MODE = "fresh"
 DEFAULT_SCALES = {"equal": 0.0, "random-unit": 1.0, "random-entry": 1.0, "antithetic": 0.5, "fresh": 1.0}
 
 _SLAB_ELEMENTS = 1 << 22

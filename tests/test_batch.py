@@ -158,7 +158,7 @@ def test_apply_as_a_subprocess(tmp_path):
 
 def test_strict_tolerance_mismatch_exits_1_and_writes_nothing(tmp_path):
     """Replica division rounds in float32; with zero tolerance that is a real mismatch."""
-    plan = "atol = 0.0\nrtol = 0.0\n[[step]]\nwiden = { conv2 = 'x1.5' }\n"
+    plan = "atol = 0.0\nrtol = 0.0\n[[step]]\nwiden = { conv2 = 'x1.5' }\nsplit = 'equal'\n"
     result, out, report = _run_apply(tmp_path, plan, [MODELS / "torch_cnn_bn.onnx"], workers=1)
     assert result.exit_code == 1, result.stderr
     (entry,) = report["models"]

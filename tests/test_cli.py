@@ -49,7 +49,7 @@ def test_widen_writes_verified_model(tmp_path):
 
 def test_widen_noise_reports_error_and_still_writes(tmp_path):
     out = tmp_path / "noisy.onnx"
-    result = invoke("widen", MODEL, "-o", out, "conv2=x2", "--noise", "0.05", "--json")
+    result = invoke("widen", MODEL, "-o", out, "conv2=x2", "--noise", "0.05", "--split", "equal", "--json")
     assert result.exit_code == 0 and out.exists()
     assert json.loads(result.stdout)["verification"]["outputs"][0]["max_abs"] > 0
 

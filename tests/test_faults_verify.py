@@ -349,7 +349,7 @@ def undivided(wide: onnx.ModelProto, producer: str, consumer: str, old: int, cop
 
 def test_correct_rewrite_with_large_outputs_passes_and_strict_rule_flags_rounding(tmp_path):
     model = big_mlp()
-    wide = n2n.widen(model, {"h1": "x3", "h2": "x3"}, dims={"batch": 4})  # verifies, raises on mismatch
+    wide = n2n.widen(model, {"h1": "x3", "h2": "x3"}, dims={"batch": 4}, split="equal")  # verifies, raises on mismatch
     report = n2n.verify(model, wide, dims={"batch": 4})
     (check,) = report.outputs
     assert report.passed and check.scale > 100
@@ -364,11 +364,11 @@ def test_correct_rewrite_with_large_outputs_passes_and_strict_rule_flags_roundin
 
 def test_undivided_outgoing_weights_fail_at_any_scale():
     model = big_mlp()
-    wide = n2n.widen(model, {"h1": "x1.5"}, verify=False)
+    wide = n2n.widen(model, {"h1": "x1.5"}, verify=False, split="equal")
     report = n2n.verify(model, undivided(wide, "W1", "W2", 256), dims={"batch": 4})
     assert not report.passed and report.outputs[0].max_rel > 1e-3
     cnn = onnx.load(str(CNN))
-    wide = n2n.widen(cnn, {"fc1": "x1.5"}, verify=False)
+    wide = n2n.widen(cnn, {"fc1": "x1.5"}, verify=False, split="equal")
     # every copy (one unit alone may be off, a ReLU at 0, for every input compared)
     assert not n2n.verify(cnn, undivided(wide, "fc1.weight", "fc2.weight", 32, copies=16)).passed
 
@@ -380,7 +380,7 @@ def test_one_weight_changed_by_one_percent_fails(weight, gain):
     largest weight of one layer by 1% (fails; a unit that is off for every input cannot be seen)."""
     cnn = changed(changed(onnx.load(str(CNN)), "fc2.weight", lambda w: w * gain), "fc2.bias", lambda b: b * gain)
     batch = {"batch": 8}  # a unit may be off (ReLU) for one random input, hardly for all eight
-    wide = n2n.widen(cnn, {"conv1": "x3", "conv2": "x2.5", "fc1": "x1.5"}, seed=1, dims=batch)
+    wide = n2n.widen(cnn, {"conv1": "x3", "conv2": "x2.5", "fc1": "x1.5"}, seed=1, dims=batch, split="equal")
     assert n2n.verify(cnn, wide, dims=batch).passed
 
     def nudge(w):
@@ -392,14 +392,14 @@ def test_one_weight_changed_by_one_percent_fails(weight, gain):
 
 def test_failed_verification_still_prints_the_json_document(tmp_path):
     out = tmp_path / "w.onnx"
-    result = invoke("widen", CNN, "-o", out, "conv2=x1.5", "--atol", "0", "--rtol", "0", "--json")
+    result = invoke("widen", CNN, "-o", out, "conv2=x1.5", "--atol", "0", "--rtol", "0", "--split", "equal", "--json")
     assert result.exit_code == 1 and not out.exists()
     doc = strict_json(result.stdout)
     assert doc["written"] is False and doc["verification"]["passed"] is False
     assert doc["widened"][0]["new"] == 24 and doc["verification"]["outputs"][0]["max_abs"] > 0
     assert "verification FAILED" in result.stderr
     with pytest.raises(VerificationError) as caught:
-        n2n.widen(onnx.load(str(CNN)), {"conv2": "x1.5"}, atol=0.0, rtol=0.0)
+        n2n.widen(onnx.load(str(CNN)), {"conv2": "x1.5"}, atol=0.0, rtol=0.0, split="equal")
     assert caught.value.result.widened and not caught.value.report.passed
 
 

@@ -198,11 +198,11 @@ def test_default_names_are_unchanged_and_numbered():
 
 def test_noise_is_reported_as_not_exact_with_exit_0(tmp_path):
     out, weights = tmp_path / "noisy.onnx", tmp_path / "noisy.safetensors"
-    result = invoke("widen", CNN, "-o", out, "conv2=x2", "--noise", "0.05", "--json", "--weights-out", weights)
+    result = invoke("widen", CNN, "-o", out, "conv2=x2", "--noise", "0.05", "--split", "equal", "--json", "--weights-out", weights)
     assert result.exit_code == 0 and out.exists() and weights.exists()
     doc = json.loads(result.stdout)
     assert doc["exact"] is False and doc["deviation"]["max_abs"] > 0 and doc["deviation"]["enforced"] is False
-    human = invoke("widen", CNN, "-o", tmp_path / "again.onnx", "conv2=x2", "--noise", "0.05")
+    human = invoke("widen", CNN, "-o", tmp_path / "again.onnx", "conv2=x2", "--noise", "0.05", "--split", "equal")
     assert human.exit_code == 0
     assert "NOT exact" in human.stderr and "FAILED" not in human.stderr
     exact = json.loads(invoke("widen", CNN, "-o", tmp_path / "exact.onnx", "conv2=x2", "--json").stdout)

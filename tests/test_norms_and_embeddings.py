@@ -396,3 +396,8 @@ def test_every_split_keeps_normalized_streams_and_heads_exact(split):
     them: not in a stream a norm averages over, whose copies must equal their sources."""
     for model, target in ((_transformer_like("op"), "hidden"), (_attention(2), "heads")):
         widen_checked(model, {target: "x2"}, split=split)
+
+
+def test_paper_noise_under_a_norm_is_reported_not_exact_even_with_fresh_copies():
+    result = n2n.api.widen_model(_transformer_like("op"), {"hidden": "x2"}, noise=0.1, split="fresh")
+    assert result.exact is False and result.report is not None
