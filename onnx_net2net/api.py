@@ -10,7 +10,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from . import blocks as B
-from . import checks
+from . import checks, sink
 from . import deepening as D
 from . import graph as G
 from . import widening as W
@@ -49,9 +49,9 @@ class WidenResult:
     untied: list[dict] = field(default_factory=list)  # shared initializers split into copies
 
 
-def _prepare(source: str | os.PathLike[str] | onnx.ModelProto) -> tuple[LoadedModel, gs.Graph, Analysis]:
+def _prepare(source: str | os.PathLike[str] | onnx.ModelProto | LoadedModel) -> tuple[LoadedModel, gs.Graph, Analysis]:
     loaded = load_model(source)
-    graph = G.import_model(loaded.model)
+    graph = G.import_model(loaded.model, loaded.path if loaded.mapped else None)
     return loaded, graph, analyze(graph)
 
 
@@ -80,10 +80,13 @@ def widen_model(source: str | os.PathLike[str] | onnx.ModelProto,
                 targets: dict[str, int | float | str] | list[tuple[str, int | float | str]],
                 seed: int = 0, noise: float = 0.0, verify: bool = True,
                 verify_options: dict | None = None, widen_all: int | float | str | None = None,
-                optional: bool = False) -> WidenResult:
+                optional: bool = False, output: str | os.PathLike[str] | None = None,
+                external_data: str = "auto") -> WidenResult:
     """Widen the named layers (and with `widen_all`, every widenable group by that factor);
     verify against the original unless told not to. `targets` may be (name, width) pairs, so
-    a name given twice with different widths is refused rather than overwritten."""
+    a name given twice with different widths is refused rather than overwritten. With `output`
+    the model is written there as it is made (see `sink`); `result.model` is then the model
+    file without its weights."""
     checks.require(checks.seed_problem(seed), "seed")
     checks.require(checks.amount_problem(noise), "noise")
     check_options(verify_options or {})
@@ -100,19 +103,25 @@ def widen_model(source: str | os.PathLike[str] | onnx.ModelProto,
                f"groups {', '.join(open_)} round back to their width" if open_ else
                f"every group is blocked, e.g. {blocked[0].id}: {blocked[0].reason}" if blocked else "it has no groups")
         raise Net2NetError(f"nothing to widen: no width group can grow by {widen_all} ({why})")
-    untied = W.apply(graph, analysis, widenings, seed=seed, noise=noise)
-    model = G.export_model(graph, loaded.model)
-    result = WidenResult(model, [{"group": w.group.id, "targets": w.targets, "old": w.old, "new": w.new,
+    with sink.target(output, external_data, loaded) as out:
+        untied = W.apply(graph, analysis, widenings, seed=seed, noise=noise, store=out.store)
+        model = out.export(graph, loaded)
+        result = _widen_result(model, widenings, before, graph, analysis, skipped, untied)
+        if verify:
+            result.report = out.compare(loaded, model, verify_options or {})
+            if not result.report.passed and noise == 0.0:
+                raise VerificationError("the widened model does not reproduce the original's outputs",
+                                        result.report, result)
+        out.commit()
+    return result
+
+
+def _widen_result(model, widenings, before, graph, analysis, skipped, untied) -> WidenResult:
+    return WidenResult(model, [{"group": w.group.id, "targets": w.targets, "old": w.old, "new": w.new,
                                   "mapping": "uniform" if w.group.uniform else "random"}
                                  for w in widenings], before, parameter_count(graph),
                          blocked=[{"group": g.id, "width": g.width, "reason": g.reason}
                                   for g in analysis.groups if not g.widenable], skipped=skipped, untied=untied)
-    if verify:
-        result.report = compare(loaded.model, model, **(verify_options or {}))
-        if not result.report.passed and noise == 0.0:
-            raise VerificationError("the widened model does not reproduce the original's outputs", result.report,
-                                    result)
-    return result
 
 
 def widen(source: str | os.PathLike[str] | onnx.ModelProto, targets: dict[str, int | float | str] | None = None,
@@ -143,9 +152,11 @@ class DeepenResult:
 def deepen_model(source: str | os.PathLike[str] | onnx.ModelProto, targets: list[str] | None = None,
                  kernel: int | None = None, residual: bool = False, batch_norm: bool = True, seed: int = 0,
                  verify: bool = True, verify_options: dict | None = None, optional: bool = False,
-                 copy_block: list[str] | str | None = None, repeat: int = 1) -> DeepenResult:
+                 copy_block: list[str] | str | None = None, repeat: int = 1,
+                 output: str | os.PathLike[str] | None = None, external_data: str = "auto") -> DeepenResult:
     """Insert an identity layer (or a zero-initialized residual block) after each target, and
-    `repeat` zero-initialized copies after each residual block `copy_block` names."""
+    `repeat` zero-initialized copies after each residual block `copy_block` names; `output`
+    as in `widen_model`."""
     targets = [targets] if isinstance(targets, str) else list(targets or [])
     copy_block = [copy_block] if isinstance(copy_block, str) else list(copy_block or [])
     if not targets and not copy_block:
@@ -153,7 +164,7 @@ def deepen_model(source: str | os.PathLike[str] | onnx.ModelProto, targets: list
     checks.require(checks.seed_problem(seed), "seed")
     check_options(verify_options or {})
     loaded = load_model(source)
-    graph = G.import_model(loaded.model)
+    graph = G.import_model(loaded.model, loaded.path if loaded.mapped else None)
     before = parameter_count(graph)
     rng = np.random.default_rng(seed)
     layers, seen = [], set()
@@ -163,18 +174,23 @@ def deepen_model(source: str | os.PathLike[str] | onnx.ModelProto, targets: list
                 seen.add(id(layer))
                 layers.append((target if not is_pattern(target) else G.label(layer), layer))
     taken = D.taken_prefixes(graph)
-    inserted = [D.insert(graph, t, layer, kernel, residual, batch_norm, rng, taken) for t, layer in layers]
-    graph.toposort()
-    copies, skipped = D.copy_blocks(graph, copy_block, repeat, optional) if copy_block else ([], [])
-    G.infer_shapes(graph)
-    model = G.export_model(graph, loaded.model)
-    result = DeepenResult(model, [vars(i) for i in inserted + copies], before, parameter_count(graph),
-                          skipped=skipped)
-    if verify:
-        result.report = compare(loaded.model, model, **(verify_options or {}))
-        if not result.report.passed:
-            raise VerificationError("the deepened model does not reproduce the original's outputs", result.report,
-                                    result)
+    with sink.target(output, external_data, loaded) as out:
+        inserted = []
+        for t, layer in layers:
+            inserted.append(D.insert(graph, t, layer, kernel, residual, batch_norm, rng, taken))
+            out.spill(graph)
+        graph.toposort()
+        copies, skipped = D.copy_blocks(graph, copy_block, repeat, optional) if copy_block else ([], [])
+        G.infer_shapes(graph)
+        model = out.export(graph, loaded)
+        result = DeepenResult(model, [vars(i) for i in inserted + copies], before, parameter_count(graph),
+                              skipped=skipped)
+        if verify:
+            result.report = out.compare(loaded, model, verify_options or {})
+            if not result.report.passed:
+                raise VerificationError("the deepened model does not reproduce the original's outputs",
+                                        result.report, result)
+        out.commit()
     return result
 
 

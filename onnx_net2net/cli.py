@@ -164,9 +164,14 @@ def _load_for_output(model: str, output: str, force: bool, inputs_file: str | No
     """Output checks first (cheap, before any heavy work), then the model, then its data files."""
     out = check_output_path(output, [Path(model), Path(inputs_file) if inputs_file else None], force)
     _warn_leftovers([out])
-    loaded = load_model(model)
+    loaded = load_model(model, mapped=True)  # weights stay on disk, read one at a time
     check_output_path(output, loaded.data_files, force)
     return loaded, out
+
+
+_EXTERNAL_DATA = click.option("--external-data", type=click.Choice(["auto", "always", "never"]), default="auto",
+                              show_default=True, help="Weights in OUTPUT.data beside the model: auto when the "
+                              "input had external data or they exceed 2 GiB.")
 
 
 def _verify_kwargs(dims, inputs_file, val_range, atol, rtol, strict, input_seed) -> dict:
@@ -209,9 +214,10 @@ def inspect(model: str, as_json: bool) -> None:
                    "not enforced).")
 @click.option("--no-verify", is_flag=True, help="Skip the onnxruntime comparison.")
 @click.option("--force", is_flag=True, help="Overwrite OUTPUT if it exists.")
+@_EXTERNAL_DATA
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
 @verify_options
-def widen(model, targets, widen_all, output, seed, noise, no_verify, force, as_json, **verify) -> None:
+def widen(model, targets, widen_all, output, seed, noise, no_verify, force, external_data, as_json, **verify) -> None:
     """Widen layers of MODEL: TARGET is a node, weight or module name, a group id from
     inspect, or a glob pattern ('layer*.conv2'); WIDTH is an absolute size (96) or a factor
     (x1.5). Nothing is written unless onnxruntime confirms the outputs are unchanged."""
@@ -225,9 +231,9 @@ def widen(model, targets, widen_all, output, seed, noise, no_verify, force, as_j
         requests.append((name, width))
     loaded, out = _load_for_output(model, output, force, verify["inputs_file"])
     with _json_on_mismatch(as_json, model, out):
-        result = api.widen_model(loaded.model, requests, seed=seed, noise=noise, verify=not no_verify,
-                                 verify_options=_verify_kwargs(**verify), widen_all=widen_all)
-    save_model(result.model, out, external_data=loaded.external_data)
+        result = api.widen_model(loaded, requests, seed=seed, noise=noise, verify=not no_verify,
+                                 verify_options=_verify_kwargs(**verify), widen_all=widen_all, output=out,
+                                 external_data=external_data)
     if as_json:
         _emit_json(_result_json(model, out, result, written=True))
     else:
@@ -251,10 +257,11 @@ def widen(model, targets, widen_all, output, seed, noise, no_verify, force, as_j
               help="Seed of the residual block's W1.")
 @click.option("--no-verify", is_flag=True, help="Skip the onnxruntime comparison.")
 @click.option("--force", is_flag=True, help="Overwrite OUTPUT if it exists.")
+@_EXTERNAL_DATA
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
 @verify_options
-def deepen(model, targets, output, copy_block, repeat, kernel, residual, no_bn, seed, no_verify, force, as_json,
-           **verify) -> None:
+def deepen(model, targets, output, copy_block, repeat, kernel, residual, no_bn, seed, no_verify, force,
+           external_data, as_json, **verify) -> None:
     """Insert an identity-initialized layer after each TARGET's tail (bias, BatchNorm,
     activation); TARGET is a node, weight or module name, or a glob pattern. Exact when the
     activation is idempotent (ReLU, Clip); --residual is exact for any activation.
@@ -265,11 +272,10 @@ def deepen(model, targets, output, copy_block, repeat, kernel, residual, no_bn, 
         raise Net2NetError("--repeat applies to --copy-block; give the blocks to copy")
     loaded, out = _load_for_output(model, output, force, verify["inputs_file"])
     with _json_on_mismatch(as_json, model, out):
-        result = api.deepen_model(loaded.model, list(targets), kernel=kernel, residual=residual,
+        result = api.deepen_model(loaded, list(targets), kernel=kernel, residual=residual,
                                   batch_norm=not no_bn, seed=seed, verify=not no_verify,
                                   verify_options=_verify_kwargs(**verify), copy_block=list(copy_block),
-                                  repeat=repeat)
-    save_model(result.model, out, external_data=loaded.external_data)
+                                  repeat=repeat, output=out, external_data=external_data)
     if as_json:
         _emit_json(_result_json(model, out, result, written=True))
     else:

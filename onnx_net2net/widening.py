@@ -168,12 +168,14 @@ def make_mapping(old: int, new: int, partitions: int, rng: np.random.Generator,
 
 
 def apply(graph: gs.Graph, analysis: Analysis, widenings: list[Widening], seed: int = 0,
-          noise: float = 0.0) -> list[dict]:
+          noise: float = 0.0, store=None) -> list[dict]:
     """Rewrite initializers, shape constants and attributes of every widened group, in place.
 
     A constant read in ways that need different rewrites (a table tied between an embedding
     lookup, whose columns are copied, and an output head, whose columns are divided) is
-    untied into one copy per way; returns those untyings for the report."""
+    untied into one copy per way; returns those untyings for the report. `store` (an array
+    to an array) takes each new weight as it is made, e.g. out of memory into the output file."""
+    store = store or (lambda values: values)
     mappings: dict[int, Mapping] = {}
     fresh: dict[int, np.ndarray] = {}
     for w in widenings:
@@ -207,7 +209,8 @@ def apply(graph: gs.Graph, analysis: Analysis, widenings: list[Widening], seed: 
             if not key:
                 continue
             effects = by_slot[(id(slots[0][0]), slots[0][1])]
-            values = _transform(np.asarray(tensor.values), effects, canon, mappings, fresh, noise, noise_rng)
+            source = [_release(tensor) if len(variants) == 1 else np.asarray(tensor.values)]
+            values = store(_transform(source, effects, canon, mappings, fresh, noise, noise_rng))
             if len(variants) == 1:
                 tensor.values = values
             else:
@@ -222,6 +225,14 @@ def apply(graph: gs.Graph, analysis: Analysis, widenings: list[Widening], seed: 
     G.clear_shapes([t for name, t in graph.tensors().items() if name in widened])
     G.infer_shapes(graph)
     return untied
+
+
+def _release(tensor: gs.Constant) -> np.ndarray:
+    """A weight's values, which the tensor then stops holding: the transform's first step is
+    the last reference, so a weight mapped from disk is unmapped as soon as it has been read."""
+    values = np.asarray(tensor.values)
+    tensor.values = np.broadcast_to(np.zeros((), values.dtype), values.shape)  # shape and dtype, no memory
+    return values
 
 
 def _uses_by_tensor(graph: gs.Graph, by_slot: dict) -> dict[str, tuple[gs.Constant, list[tuple[gs.Node, int]]]]:
@@ -241,8 +252,9 @@ def _uses_by_tensor(graph: gs.Graph, by_slot: dict) -> dict[str, tuple[gs.Consta
     return uses
 
 
-def _transform(values: np.ndarray, effects: list[Effect], canon: dict, mappings: dict[int, Mapping],
+def _transform(holder: list[np.ndarray], effects: list[Effect], canon: dict, mappings: dict[int, Mapping],
                fresh: dict[int, np.ndarray], noise: float, rng: np.random.Generator) -> np.ndarray:
+    values = holder.pop()  # taken out of the list, so the first step's result frees the original
     for effect in effects:
         layout = canon[id(effect)]
         if effect.kind == "entry":
