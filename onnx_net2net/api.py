@@ -70,7 +70,8 @@ def _group_json(group) -> dict:
 
 def inspect(source: str | os.PathLike[str] | onnx.ModelProto) -> Inspection:
     """Width groups of a model: width, members, and why a group cannot widen."""
-    loaded, graph, analysis = _prepare(source)
+    loaded, graph, analysis = _prepare(source if not isinstance(source, (str, os.PathLike))
+                                       else load_model(source, mapped=True))  # weights stay on disk
     name = str(loaded.path) if loaded.path else (loaded.model.graph.name or "<ModelProto>")
     return Inspection(name, parameter_count(graph), [_group_json(g) for g in analysis.groups],
                       D.deepen_points(graph), [b.to_json() for b in B.find_blocks(graph)])

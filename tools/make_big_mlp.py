@@ -26,8 +26,7 @@ def write(path: Path, width: int, layers: int, seed: int = 0) -> None:
             offset = -(-data.tell() // ALIGN) * ALIGN
             data.write(b"\0" * (offset - data.tell()))
             data.write(values.tobytes())
-            tensor = helper.make_tensor(name, TensorProto.FLOAT, values.shape, vals=[])
-            tensor.ClearField("float_data")
+            tensor = TensorProto(name=name, data_type=TensorProto.FLOAT, dims=values.shape)
             tensor.data_location = TensorProto.EXTERNAL
             for key, value in (("location", data_name), ("offset", str(offset)), ("length", str(values.nbytes))):
                 entry = tensor.external_data.add()
