@@ -96,6 +96,9 @@ def _new_session(source: str | bytes, rewritten: bool = False) -> ort.InferenceS
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.log_severity_level = 3
     options.intra_op_num_threads = _THREADS
+    if isinstance(source, str):
+        # weights stay memory-mapped from their file (prepacking would copy every MatMul's)
+        options.add_session_config_entry("session.disable_prepacking", "1")
     try:
         return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
     except Exception as exc:
