@@ -10,7 +10,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from . import blocks as B
-from . import checks
+from . import checks, sink
 from . import deepening as D
 from . import graph as G
 from . import handoff as H
@@ -58,9 +58,9 @@ class WidenResult:
     exact: bool = True
 
 
-def _prepare(source: str | os.PathLike[str] | onnx.ModelProto) -> tuple[LoadedModel, gs.Graph, Analysis]:
+def _prepare(source: str | os.PathLike[str] | onnx.ModelProto | LoadedModel) -> tuple[LoadedModel, gs.Graph, Analysis]:
     loaded = load_model(source)
-    graph = G.import_model(loaded.model)
+    graph = G.import_model(loaded.model, loaded.path if loaded.mapped else None)
     return loaded, graph, analyze(graph)
 
 
@@ -79,7 +79,8 @@ def _group_json(group) -> dict:
 
 def inspect(source: str | os.PathLike[str] | onnx.ModelProto) -> Inspection:
     """Width groups of a model: width, members, and why a group cannot widen."""
-    loaded, graph, analysis = _prepare(source)
+    loaded, graph, analysis = _prepare(source if not isinstance(source, (str, os.PathLike))
+                                       else load_model(source, mapped=True))  # weights stay on disk
     name = str(loaded.path) if loaded.path else (loaded.model.graph.name or "<ModelProto>")
     return Inspection(name, parameter_count(graph), [_group_json(g) for g in analysis.groups],
                       D.deepen_points(graph), [b.to_json() for b in B.find_blocks(graph)])
@@ -89,12 +90,14 @@ def widen_model(source: str | os.PathLike[str] | onnx.ModelProto,
                 targets: dict[str, int | float | str] | list[tuple[str, int | float | str]],
                 seed: int = 0, noise: float = 0.0, verify: bool = True,
                 verify_options: dict | None = None, widen_all: int | float | str | None = None,
-                optional: bool = False, split: str = S.DEFAULT_MODE, split_scale: float | None = None) -> WidenResult:
+                optional: bool = False, split: str = S.DEFAULT_MODE, split_scale: float | None = None,
+                output: str | os.PathLike[str] | None = None, external_data: str = "auto") -> WidenResult:
     """Widen the named layers (and with `widen_all`, every widenable group by that factor);
     verify against the original unless told not to. `split` shares each unit's outgoing
     weights among its replicas: 'equal', 'random', 'antithetic' or 'fresh' (splitting.py).
     `targets` may be (name, width) pairs, so a name given twice with different widths is
-    refused rather than overwritten."""
+    refused rather than overwritten. With `output` the model is written there as it is made
+    (see `sink`); `result.model` is then the model file without its weights."""
     checks.require(checks.seed_problem(seed), "seed")
     checks.require(checks.amount_problem(noise), "noise")
     check_options(verify_options or {})
@@ -112,20 +115,23 @@ def widen_model(source: str | os.PathLike[str] | onnx.ModelProto,
                f"groups {', '.join(open_)} round back to their width" if open_ else
                f"every group is blocked, e.g. {blocked[0].id}: {blocked[0].reason}" if blocked else "it has no groups")
         raise Net2NetError(f"nothing to widen: no width group can grow by {widen_all} ({why})")
-    written, untied = W.apply(graph, analysis, widenings, seed=seed, noise=noise, split=splitting)
-    model = G.export_model(graph, loaded.model)
-    result = WidenResult(model, [w.to_json(splitting) for w in widenings], before, parameter_count(graph),
-                         blocked=[{"group": g.id, "width": g.width, "reason": g.reason}
-                                  for g in analysis.groups if not g.widenable], skipped=skipped, untied=untied,
-                         changed=H.changed_initializers(loaded.model, model, written),
-                         warnings=H.round_trip_warnings(loaded.model),
-                         exact=noise == 0.0 or splitting.exact_with_noise
-                         and all(w.group.family & Family.FREE_COPIES for w in widenings))
-    if verify:
-        result.report = compare(loaded.model, model, **(verify_options or {}))
-        if not result.report.passed and result.exact:
-            raise VerificationError("the widened model does not reproduce the original's outputs", result.report,
-                                    result)
+    with sink.target(output, external_data, loaded) as out:
+        written, untied = W.apply(graph, analysis, widenings, seed=seed, noise=noise, split=splitting,
+                                  store=out.store)
+        model = out.export(graph, loaded)
+        result = WidenResult(model, [w.to_json(splitting) for w in widenings], before, parameter_count(graph),
+                             blocked=[{"group": g.id, "width": g.width, "reason": g.reason}
+                                      for g in analysis.groups if not g.widenable], skipped=skipped, untied=untied,
+                             changed=H.changed_initializers(loaded.model, model, written),
+                             warnings=H.round_trip_warnings(loaded.model),
+                             exact=noise == 0.0 or splitting.exact_with_noise
+                             and all(w.group.family & Family.FREE_COPIES for w in widenings))
+        if verify:
+            result.report = out.compare(loaded, model, verify_options or {})
+            if not result.report.passed and result.exact:
+                raise VerificationError("the widened model does not reproduce the original's outputs",
+                                        result.report, result)
+        out.commit()
     return result
 
 
@@ -165,10 +171,12 @@ def deepen_model(source: str | os.PathLike[str] | onnx.ModelProto, targets: list
                  kernel: int | None = None, residual: bool = False, batch_norm: bool = True, seed: int = 0,
                  verify: bool = True, verify_options: dict | None = None, optional: bool = False,
                  copy_block: list[str] | str | None = None, repeat: int = 1,
-                 name: str | None = None) -> DeepenResult:
+                 name: str | None = None, output: str | os.PathLike[str] | None = None,
+                 external_data: str = "auto") -> DeepenResult:
     """Insert an identity layer (or a zero-initialized residual block) after each target, and
     `repeat` zero-initialized copies after each residual block `copy_block` names; `name` is a
-    template for the new layers' names (see deepening.NameTemplate)."""
+    template for the new layers' names (see deepening.NameTemplate); `output` as in
+    `widen_model`."""
     targets = [targets] if isinstance(targets, str) else list(targets or [])
     copy_block = [copy_block] if isinstance(copy_block, str) else list(copy_block or [])
     if not targets and not copy_block:
@@ -176,7 +184,7 @@ def deepen_model(source: str | os.PathLike[str] | onnx.ModelProto, targets: list
     checks.require(checks.seed_problem(seed), "seed")
     check_options(verify_options or {})
     loaded = load_model(source)
-    graph = G.import_model(loaded.model)
+    graph = G.import_model(loaded.model, loaded.path if loaded.mapped else None)
     before = parameter_count(graph)
     rng = np.random.default_rng(seed)
     layers, seen = [], set()
@@ -186,20 +194,25 @@ def deepen_model(source: str | os.PathLike[str] | onnx.ModelProto, targets: list
                 seen.add(id(layer))
                 layers.append((target if not is_pattern(target) else G.label(layer), layer))
     namer = D.NameTemplate(name, graph)
-    inserted = [D.insert(graph, t, layer, kernel, residual, batch_norm, rng, namer) for t, layer in layers]
-    graph.toposort()
-    copies, skipped = D.copy_blocks(graph, copy_block, repeat, optional) if copy_block else ([], [])
-    G.infer_shapes(graph)
-    model = G.export_model(graph, loaded.model)
-    result = DeepenResult(model, [i.to_json() for i in inserted] + [vars(c) for c in copies], before,
-                          parameter_count(graph), skipped=skipped,
-                          changed=H.changed_initializers(loaded.model, model, []),
-                          warnings=H.round_trip_warnings(loaded.model))
-    if verify:
-        result.report = compare(loaded.model, model, **(verify_options or {}))
-        if not result.report.passed:
-            raise VerificationError("the deepened model does not reproduce the original's outputs", result.report,
-                                    result)
+    with sink.target(output, external_data, loaded) as out:
+        inserted = []
+        for t, layer in layers:
+            inserted.append(D.insert(graph, t, layer, kernel, residual, batch_norm, rng, namer))
+            out.spill(graph)
+        graph.toposort()
+        copies, skipped = D.copy_blocks(graph, copy_block, repeat, optional) if copy_block else ([], [])
+        G.infer_shapes(graph)
+        model = out.export(graph, loaded)
+        result = DeepenResult(model, [i.to_json() for i in inserted] + [vars(c) for c in copies], before,
+                              parameter_count(graph), skipped=skipped,
+                              changed=H.changed_initializers(loaded.model, model, []),
+                              warnings=H.round_trip_warnings(loaded.model))
+        if verify:
+            result.report = out.compare(loaded, model, verify_options or {})
+            if not result.report.passed:
+                raise VerificationError("the deepened model does not reproduce the original's outputs",
+                                        result.report, result)
+        out.commit()
     return result
 
 

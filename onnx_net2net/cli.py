@@ -163,13 +163,19 @@ def _warn_leftovers(outputs: list[Path]) -> None:
                    err=True)
 
 
-def _load_for_output(model: str, output: str, force: bool, inputs_file: str | None):
-    """Output checks first (cheap, before any heavy work), then the model, then its data files."""
+def _load_for_output(model: str, output: str, force: bool, inputs_file: str | None, mapped: bool = True):
+    """Output checks first (cheap, before any heavy work), then the model, then its data files.
+    `mapped`: weights stay on disk, read one at a time (a weights file out needs them read)."""
     out = check_output_path(output, [Path(model), Path(inputs_file) if inputs_file else None], force)
     _warn_leftovers([out])
-    loaded = load_model(model)
+    loaded = load_model(model, mapped=mapped)
     check_output_path(output, loaded.data_files, force)
     return loaded, out
+
+
+_EXTERNAL_DATA = click.option("--external-data", type=click.Choice(["auto", "always", "never"]), default="auto",
+                              show_default=True, help="Weights in OUTPUT.data beside the model: auto when the "
+                              "input had external data or they exceed 2 GiB.")
 
 
 def _verify_kwargs(dims, inputs_file, val_range, atol, rtol, strict, input_seed) -> dict:
@@ -222,10 +228,11 @@ def inspect(model: str, as_json: bool) -> None:
               "safetensors file keyed by initializer name.")
 @click.option("--no-verify", is_flag=True, help="Skip the onnxruntime comparison.")
 @click.option("--force", is_flag=True, help="Overwrite OUTPUT (and the weights file) if it exists.")
+@_EXTERNAL_DATA
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
 @verify_options
-def widen(model, targets, widen_all, output, seed, split, split_scale, noise, weights_out, no_verify, force, as_json,
-          **verify) -> None:
+def widen(model, targets, widen_all, output, seed, split, split_scale, noise, weights_out, no_verify, force,
+          external_data, as_json, **verify) -> None:
     """Widen layers of MODEL: TARGET is a node, weight or module name, a group id from
     inspect, or a glob pattern ('layer*.conv2'); WIDTH is an absolute size (96) or a factor
     (x1.5). Nothing is written unless onnxruntime confirms the outputs are unchanged."""
@@ -237,27 +244,31 @@ def widen(model, targets, widen_all, output, seed, split, split_scale, noise, we
         if not sep or not name or not width:
             raise Net2NetError(f"'{item}' is not TARGET=WIDTH (e.g. conv2=96 or fc1=x1.5)")
         requests.append((name, width))
-    loaded, out = _load_for_output(model, output, force, verify["inputs_file"])
+    loaded, out = _load_for_output(model, output, force, verify["inputs_file"], mapped=not weights_out)
     weights = H.check_weights_path(weights_out, [Path(model), *loaded.data_files], force, out) if weights_out else None
     with _json_on_mismatch(as_json, model, out):
-        result = api.widen_model(loaded.model, requests, seed=seed, noise=noise, verify=not no_verify,
+        result = api.widen_model(loaded, requests, seed=seed, noise=noise, verify=not no_verify,
                                  verify_options=_verify_kwargs(**verify), widen_all=widen_all, split=split,
-                                 split_scale=split_scale)
-    _save(result, out, weights, loaded.external_data)
+                                 split_scale=split_scale, output=None if weights else out,
+                                 external_data=external_data)
+    _finish(result, out, weights, loaded, external_data)
     if as_json:
         _emit_json(_result_json(model, out, result, written=True, weights=weights))
     else:
         click.echo(format_widened(result, str(out), weights), err=True)
 
 
-def _save(result, out, weights, external_data: bool) -> None:
-    """Round-trip warnings, then the model and (once it is written) its weights, both atomic."""
+def _finish(result, out, weights, loaded, external_data: str) -> None:
+    """Round-trip warnings; then, when the grown weights are asked for too, the model (built in
+    memory) and its weights, both atomic. Otherwise the model was streamed to OUT already."""
     for line in result.warnings:
         click.echo(f"warning: {line}", err=True)
-    tensors = H.weights(result.model) if weights else None   # refuses unwritable dtypes before any write
-    save_model(result.model, out, external_data=external_data)
-    if weights:
-        H.write_weights_after(tensors, weights, out)
+    if weights is None:
+        return
+    tensors = H.weights(result.model)   # refuses unwritable dtypes before any write
+    external = {"always": True, "never": False}.get(external_data, loaded.external_data)
+    save_model(result.model, out, external_data=external)
+    H.write_weights_after(tensors, weights, out)
 
 
 @main.command()
@@ -281,10 +292,11 @@ def _save(result, out, weights, external_data: bool) -> None:
               "safetensors file keyed by initializer name.")
 @click.option("--no-verify", is_flag=True, help="Skip the onnxruntime comparison.")
 @click.option("--force", is_flag=True, help="Overwrite OUTPUT (and the weights file) if it exists.")
+@_EXTERNAL_DATA
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
 @verify_options
 def deepen(model, targets, output, copy_block, repeat, kernel, residual, no_bn, seed, name_template, weights_out,
-           no_verify, force, as_json, **verify) -> None:
+           no_verify, force, external_data, as_json, **verify) -> None:
     """Insert an identity-initialized layer after each TARGET's tail (bias, BatchNorm,
     activation); TARGET is a node, weight or module name, or a glob pattern. Exact when the
     activation is idempotent (ReLU, Clip); --residual is exact for any activation.
@@ -293,14 +305,15 @@ def deepen(model, targets, output, copy_block, repeat, kernel, residual, no_bn, 
         raise Net2NetError("nothing to deepen: give TARGET layers or --copy-block TARGET")
     if repeat != 1 and not copy_block:
         raise Net2NetError("--repeat applies to --copy-block; give the blocks to copy")
-    loaded, out = _load_for_output(model, output, force, verify["inputs_file"])
+    loaded, out = _load_for_output(model, output, force, verify["inputs_file"], mapped=not weights_out)
     weights = H.check_weights_path(weights_out, [Path(model), *loaded.data_files], force, out) if weights_out else None
     with _json_on_mismatch(as_json, model, out):
-        result = api.deepen_model(loaded.model, list(targets), kernel=kernel, residual=residual,
+        result = api.deepen_model(loaded, list(targets), kernel=kernel, residual=residual,
                                   batch_norm=not no_bn, seed=seed, verify=not no_verify,
                                   verify_options=_verify_kwargs(**verify), copy_block=list(copy_block),
-                                  repeat=repeat, name=name_template)
-    _save(result, out, weights, loaded.external_data)
+                                  repeat=repeat, name=name_template, output=None if weights else out,
+                                  external_data=external_data)
+    _finish(result, out, weights, loaded, external_data)
     if as_json:
         _emit_json(_result_json(model, out, result, written=True, weights=weights))
     else:

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 from onnx import helper, numpy_helper
+from onnx.external_data_helper import uses_external_data
 from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter
 
-from . import probe
+from . import io, probe, store
 
 gs.logger.G_LOGGER.severity = gs.logger.G_LOGGER.ERROR
 logging.getLogger("onnx_graphsurgeon").setLevel(logging.ERROR)
@@ -32,9 +34,12 @@ _PROBE_WEIGHT_LIMIT = 8 << 30
 TRANSPOSE_OF = "onnx-net2net:transpose-of"
 
 
-def import_model(model: onnx.ModelProto) -> gs.Graph:
-    """Import into onnx-graphsurgeon, fold constant subgraphs into weights, and infer shapes."""
+def import_model(model: onnx.ModelProto, path: Path | None = None) -> gs.Graph:
+    """Import into onnx-graphsurgeon, fold constant subgraphs into weights, and infer shapes.
+    Weights a mapped load left on disk (`path`: the model's) become read-only maps."""
     graph = gs.import_onnx(model)
+    if path is not None:
+        _map_weights(graph, path)
     _numpy_dtypes(graph)
     graph.n2n_origins = {t.name: t.doc_string for t in model.graph.initializer
                          if t.doc_string.startswith(TRANSPOSE_OF)}
@@ -47,15 +52,29 @@ def import_model(model: onnx.ModelProto) -> gs.Graph:
     return graph
 
 
+def _map_weights(graph: gs.Graph, path: Path) -> None:
+    for tensor in graph.tensors().values():
+        lazy = tensor._values if isinstance(tensor, gs.Constant) else None
+        if isinstance(lazy, gs.ir.tensor.LazyValues) and isinstance(lazy.tensor, onnx.TensorProto) \
+                and uses_external_data(lazy.tensor):
+            mapped = io.mapped_values(lazy.tensor, path)
+            if mapped is None:
+                io.read_kept(lazy.tensor, path)
+            else:
+                tensor.values = mapped
+
+
 def observe_shapes(graph: gs.Graph) -> None:
     """Where shape inference left dims unknown, take the sizes two tiny runs show (see
     `probe`): static ones as ints, dynamic ones as signatures that multiply like sizes.
     Every symbolic dim, graph inputs' included, is then a signature, so equal sizes compare
     equal; the model's interface is written back from the original on export."""
     tensors = [t for t in graph.tensors().values() if isinstance(t, gs.Variable) and t.name]
+    # A result nothing reads (Dropout's mask) needs no shape: it is not worth a run.
+    needed = [t for t in tensors if t.outputs or t in graph.outputs]
     if all(t.shape is not None and all(isinstance(d, (int, np.integer)) or (isinstance(d, str) and d
                                                                             and not d.startswith("unk__"))
-                                       for d in t.shape) for t in tensors):
+                                       for d in t.shape) for t in needed):
         return
     weights = sum(int(np.prod(t.shape)) * np.dtype(t.dtype).itemsize for t in graph.tensors().values()
                   if isinstance(t, gs.Constant) and t.dtype is not None)
@@ -109,8 +128,28 @@ def _probe_model(graph: gs.Graph) -> onnx.ModelProto:
     model.graph.input.extend(runtime)
     body = list(model.graph.node)
     del model.graph.node[:]
-    model.graph.node.extend(nodes + body)
+    # each zero weight made just before its first reader, so that onnxruntime (which runs
+    # nodes in this order and frees a value after its last reader) never holds them all
+    makers = {node.output[0]: node for node in nodes}
+    ordered = []
+    for node in body:
+        for name in list(node.input) + _body_reads(node):
+            maker = makers.pop(name, None)
+            if maker is not None:
+                ordered.append(maker)
+        ordered.append(node)
+    model.graph.node.extend(list(makers.values()) + ordered)
     return model
+
+
+def _body_reads(node: onnx.NodeProto) -> list[str]:
+    """Every name read inside a node's If/Loop/Scan bodies (outer values among them)."""
+    names: list[str] = []
+    for attribute in node.attribute:
+        for body in ([attribute.g] if attribute.HasField("g") else []) + list(attribute.graphs):
+            for inner in body.node:
+                names += list(inner.input) + _body_reads(inner)
+    return names
 
 
 def _numpy_dtypes(graph: gs.Graph) -> None:
@@ -347,12 +386,13 @@ def _skeleton(graph: gs.Graph) -> onnx.ModelProto:
     return model
 
 
-def export_model(graph: gs.Graph, original: onnx.ModelProto) -> onnx.ModelProto:
+def export_model(graph: gs.Graph, original: onnx.ModelProto, sink: store.WeightFile | None = None) -> onnx.ModelProto:
     """Export, keeping the original's IR version, opsets, metadata and interface order.
 
     onnx-graphsurgeon drops graph inputs that are initializers: IR < 4 models declare every
     initializer so, and later ones may declare some (weights a caller can override). They are
-    restored in their original order, with their new shapes.
+    restored in their original order, with their new shapes. With a `sink`, weights of 1 KiB
+    or more go there one at a time and the model refers to them.
     """
     # Assembled field by field rather than with gs.export_onnx: make_graph and make_model
     # each copy every initializer, which doubles the cost on models with large weights.
@@ -373,7 +413,7 @@ def export_model(graph: gs.Graph, original: onnx.ModelProto) -> onnx.ModelProto:
     origins = getattr(graph, "n2n_origins", {})
     for tensor in tensors:
         if isinstance(tensor, gs.Constant):
-            _export_initializer(out, tensor)
+            _export_initializer(out, tensor, sink)
             if tensor.name in origins:
                 out.initializer[-1].doc_string = origins[tensor.name]
     out.value_info.extend(_value_info(t) for t in tensors
@@ -403,9 +443,21 @@ def _value_info(tensor: gs.Variable) -> onnx.ValueInfoProto:
     return info
 
 
-def _export_initializer(out: onnx.GraphProto, tensor: gs.Constant) -> None:
+def _export_initializer(out: onnx.GraphProto, tensor: gs.Constant, sink: store.WeightFile | None = None) -> None:
     """Untouched weights are copied once from the loaded proto; rewritten ones are written
     straight into the new graph rather than built aside and copied in."""
+    if sink is not None and isinstance(tensor._values, gs.ir.tensor.LazyValues) \
+            and not isinstance(tensor._values, gs.ir.tensor.SparseValues) \
+            and tensor._values.nbytes >= store.EXTERNAL_THRESHOLD:
+        tensor.values  # an inline weight a mapped load could not map: loaded, then written out
+    if sink is not None and isinstance(tensor._values, np.ndarray) and tensor._values.dtype.kind != "O" \
+            and tensor._values.nbytes >= store.EXTERNAL_THRESHOLD:
+        proto = out.initializer.add()
+        proto.name = tensor.name
+        proto.data_type = helper.np_dtype_to_tensor_dtype(tensor._values.dtype)
+        proto.dims.extend(tensor._values.shape)
+        store.external_tensor(proto, sink.path.name, *sink.entry(tensor._values))
+        return
     if isinstance(tensor._values, gs.ir.tensor.LazyValues) or not isinstance(tensor.values, np.ndarray) \
             or tensor.values.dtype.kind not in "fiub":
         out.initializer.append(OnnxExporter.export_tensor_proto(tensor))

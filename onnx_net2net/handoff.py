@@ -65,6 +65,8 @@ def _config_slot(node: onnx.NodeProto, slot: int) -> bool:
 
 
 def _is_zero(tensor: onnx.TensorProto) -> bool:
+    if tensor.data_location == onnx.TensorProto.EXTERNAL:
+        return False  # left on disk (a streamed model): never read here, kept as a parameter
     return not np.any(numpy_helper.to_array(tensor).astype(np.float64))
 
 

@@ -16,7 +16,7 @@ import onnx
 from onnx import numpy_helper
 from onnx.external_data_helper import ExternalDataInfo, load_external_data_for_tensor, uses_external_data
 
-from . import signals
+from . import signals, store
 from .errors import Net2NetError
 
 # Protobuf cannot serialize a message of 2 GiB or more; such models must keep weights external.
@@ -32,6 +32,9 @@ class LoadedModel:
     path: Path | None
     external_data: bool
     data_files: frozenset[Path] = field(default_factory=frozenset)
+    # mapped: the graph's initializers still point at their files (the model's own for inline
+    # weights): a skeleton for analysis and streamed writes, never for onnxruntime or onnx.save
+    mapped: bool = False
 
 
 def real(path: str | os.PathLike[str]) -> Path:
@@ -39,8 +42,11 @@ def real(path: str | os.PathLike[str]) -> Path:
     return Path(os.path.realpath(os.fspath(path)))
 
 
-def load_model(source: str | os.PathLike[str] | onnx.ModelProto) -> LoadedModel:
-    """Load a path or accept a ModelProto; every failure is one clear Net2NetError."""
+def load_model(source: str | os.PathLike[str] | onnx.ModelProto | LoadedModel, mapped: bool = False) -> LoadedModel:
+    """Load a path or accept a ModelProto; every failure is one clear Net2NetError. `mapped`
+    leaves the main graph's weights on disk (checked, not read): see `store`."""
+    if isinstance(source, LoadedModel):
+        return source
     if isinstance(source, onnx.ModelProto):
         external = next((t for t in all_tensors(source) if uses_external_data(t)), None)
         if external is not None:
@@ -52,17 +58,25 @@ def load_model(source: str | os.PathLike[str] | onnx.ModelProto) -> LoadedModel:
         raise Net2NetError(f"{path}: no such file")
     if path.is_dir():
         raise Net2NetError(f"{path}: is a directory, expected an .onnx file")
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # protobuf raises DecodeError or RuntimeWarning subclasses
-        raise Net2NetError(f"{path}: not a valid ONNX model ({type(exc).__name__}: {exc})") from exc
+    model = None
+    if mapped and not path.is_symlink():  # inline weights are mapped from the model file itself
+        try:
+            model = store.scan_inline(path)
+        except Exception:  # not plain protobuf: parsed below, which words the error
+            model = None
+    if model is None:
+        try:
+            model = onnx.load(str(path), load_external_data=False)
+        except Exception as exc:  # protobuf raises DecodeError or RuntimeWarning subclasses
+            raise Net2NetError(f"{path}: not a valid ONNX model ({type(exc).__name__}: {exc})") from exc
     if not model.HasField("graph") or len(model.graph.node) == 0 and len(model.graph.output) == 0:
         raise Net2NetError(f"{path}: not a valid ONNX model (no graph)")
-    data_files = load_external_data(model, path)
-    return LoadedModel(model, path, bool(data_files), frozenset(data_files))
+    data_files = load_external_data(model, path, keep_main=mapped)
+    own = real(path)
+    return LoadedModel(model, path, bool(data_files - {own}), frozenset(data_files), mapped)
 
 
-def all_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
+def all_tensors(model: onnx.ModelProto, main_initializers: bool = True) -> Iterator[onnx.TensorProto]:
     """Every tensor a model holds: initializers, sparse initializers, attribute tensors (Constant
     values), in the main graph, in If/Loop/Scan bodies at any depth, in functions and in
     training info. onnx's own walk skips sparse tensors."""
@@ -73,7 +87,8 @@ def all_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
     while graphs or nodes:
         if graphs:
             graph = graphs.pop()
-            yield from graph.initializer
+            if main_initializers or graph is not model.graph:
+                yield from graph.initializer
             for sparse in graph.sparse_initializer:
                 yield from (sparse.values, sparse.indices)
             nodes.extend(graph.node)
@@ -92,20 +107,38 @@ def all_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
             graphs.extend(attribute.graphs)
 
 
-def load_external_data(model: onnx.ModelProto, path: Path) -> set[Path]:
+def load_external_data(model: onnx.ModelProto, path: Path, keep_main: bool = False) -> set[Path]:
     """Read every external tensor of the model at `path` into memory, from files inside the
     model's own folder only (never the working directory): a location must be relative,
     without '..', and must resolve to a regular file, not a symlink, inside that folder.
-    Returns the files read."""
+    With `keep_main`, the main graph's initializers are checked alike but left on disk.
+    Returns the files used."""
     folder = real(path.parent)
     files: set[Path] = set()
-    for tensor in all_tensors(model):
+    for tensor in all_tensors(model, main_initializers=not keep_main):
         if uses_external_data(tensor):
             files.add(_read_external(tensor, path, folder))
+    for tensor in model.graph.initializer if keep_main else []:
+        if uses_external_data(tensor):
+            files.add(_read_external(tensor, path, folder, read=False))
     return files
 
 
-def _read_external(tensor: onnx.TensorProto, path: Path, folder: Path) -> Path:
+def mapped_values(tensor: onnx.TensorProto, path: Path):
+    """A kept tensor (see `load_external_data`) as a read-only map of its file, or None when
+    its bytes cannot be mapped as they lie."""
+    info = ExternalDataInfo(tensor)
+    source = real(path.parent) / info.location
+    length = info.length if info.length is not None else source.stat().st_size - (info.offset or 0)
+    return store.map_array(source, info.offset or 0, length, tensor.data_type, list(tensor.dims))
+
+
+def read_kept(tensor: onnx.TensorProto, path: Path) -> None:
+    """Read a kept tensor into its proto after all (bytes no map can view)."""
+    _read_external(tensor, path, real(path.parent))
+
+
+def _read_external(tensor: onnx.TensorProto, path: Path, folder: Path, read: bool = True) -> Path:
     where = f"{path}: tensor '{tensor.name}'"
     try:
         with warnings.catch_warnings():  # unknown keys are ignored, as onnx does, without a warning line
@@ -128,6 +161,8 @@ def _read_external(tensor: onnx.TensorProto, path: Path, folder: Path) -> Path:
         raise refuse("is a symbolic link; only regular files beside the model are read")
     if not resolved.is_file():
         raise refuse("is not a file beside the model")
+    if not read:
+        return resolved
     try:
         load_external_data_for_tensor(tensor, str(folder))
     except Exception as exc:
@@ -232,6 +267,13 @@ class _AtomicFiles:
                 tmp, target = self.pending[0]
                 os.replace(tmp, target)
                 self.pending.pop(0)
+
+    def drop(self, target: Path) -> None:
+        """Remove a temporary that will not be committed (scratch space)."""
+        with signals.deferred():
+            for item in [p for p in self.pending if p[1] == target]:
+                item[0].unlink(missing_ok=True)
+                self.pending.remove(item)
 
     def discard(self) -> None:
         with signals.deferred():  # a second Ctrl-C waits for the cleanup
@@ -382,3 +424,138 @@ def save_bytes(output: str | os.PathLike[str], payload: bytes) -> None:
             handle.write(payload)
 
     _write_atomically(out, write)
+
+
+class StreamedOutput:
+    """An output written while it is made: weights go into a temporary data file beside the
+    target as they are produced (`weights`), `write` adds the model file (external data, or
+    everything inline streamed from that file), `commit` renames them into place. Any
+    failure before the commit removes every temporary, as `save_model` does."""
+
+    def __init__(self, output: str | os.PathLike[str], external_data: str = "auto", source_external: bool = False):
+        self.out = real(output)
+        self.mode, self.source_external = external_data, source_external
+        self.files = _AtomicFiles()
+        self.model_path: Path | None = None
+        self.external = True
+
+    def __enter__(self) -> "StreamedOutput":
+        try:
+            self.out.parent.mkdir(parents=True, exist_ok=True)
+            self.data = self.files.open(data_path(self.out))
+        except OSError as exc:
+            self.files.discard()
+            raise Net2NetError(f"{self.out}: cannot write ({exc.strerror or exc})") from exc
+        except BaseException:  # a signal right after the file was created
+            self.files.discard()
+            raise
+        self.data_temp = self.files.pending[-1][0]
+        self.weights = store.WeightFile(self.data, self.data_temp)
+        return self
+
+    def __exit__(self, kind, exc, trace) -> None:
+        try:
+            self.data.close()
+        except OSError as error:  # buffered bytes that did not fit
+            exc = exc or error
+        finally:
+            self.files.discard()  # nothing left once committed
+        if isinstance(exc, OSError):
+            raise Net2NetError(f"{self.out}: cannot write ({exc.strerror or exc})") from exc
+
+    def write(self, model: onnx.ModelProto, source: Path | None = None) -> Path:
+        """The model file, its weights in the data file under its temporary name (so that
+        onnxruntime can run it from this folder before anything is renamed). Returns its path.
+        Weights still naming the input's files (`source`: the input model) are copied over."""
+        ours = self.weights.path.name
+        for tensor in model.graph.initializer:
+            if uses_external_data(tensor) and ExternalDataInfo(tensor).location != ours:
+                info = ExternalDataInfo(tensor)
+                if source is None:
+                    raise Net2NetError(f"tensor '{tensor.name}' keeps its data in an external file that was not loaded")
+                origin = real(source.parent) / info.location
+                length = info.length if info.length is not None else origin.stat().st_size - (info.offset or 0)
+                offset = self.weights._start(length)
+                store.copy_range(origin, info.offset or 0, length, self.data)
+                store.external_tensor(tensor, ours, offset, length)
+        size = self.data.seek(0, os.SEEK_END)
+        self.external = self.mode == "always" or self.mode == "auto" and (self.source_external or size > PROTOBUF_LIMIT)
+        if not self.external and size > PROTOBUF_LIMIT:
+            raise Net2NetError(f"{self.out}: {size / 2**30:.1f} GiB of weights cannot be one protobuf message "
+                               "(2 GiB at most); write them as external data (--external-data auto or always)")
+        self.data.flush()
+        self.model = model
+        handle = self.files.open(self.out)
+        self.model_path = self.files.pending[-1][0]
+        with handle:
+            self._write_model(handle, self.data_temp.name)
+        return self.model_path
+
+    def _write_model(self, handle: BinaryIO, location: str) -> None:
+        if self.external:
+            for tensor in self.model.graph.initializer:
+                if uses_external_data(tensor):
+                    tensor.external_data[0].value = location
+            handle.write(self.model.SerializeToString())
+            return
+        skeleton = onnx.ModelProto()
+        _copy_fields(self.model, skeleton, skip="graph")
+        _copy_fields(self.model.graph, skeleton.graph, skip="initializer")
+        handle.write(skeleton.SerializeToString())
+        with open(self.data_temp, "rb") as data:
+            for tensor in self.model.graph.initializer:
+                _write_inline(tensor, handle, data)
+
+    def commit(self) -> None:
+        """Rename into place: the data file first, the model (now naming the data file's final
+        name) last; an inline model's data file was scratch and is removed."""
+        try:
+            if self.external:
+                with open(self.model_path, "r+b") as handle:  # only the location strings change
+                    handle.truncate(0)
+                    self._write_model(handle, data_path(self.out).name)
+            else:
+                self.files.drop(data_path(self.out))
+            self.files.commit()
+        except OSError as exc:
+            self.files.discard()
+            raise Net2NetError(f"{self.out}: cannot write ({exc.strerror or exc})") from exc
+        except BaseException:
+            self.files.discard()
+            raise
+
+
+def _write_inline(tensor: onnx.TensorProto, handle: BinaryIO, data: BinaryIO) -> None:
+    """One initializer as its own `graph { initializer { ... } }` record (as `_write_streamed`
+    does), its raw bytes copied from the data file: field order as protobuf serializes it."""
+    if not uses_external_data(tensor):
+        body = tensor.SerializeToString()
+        record = _GRAPH_INITIALIZER_TAG + _varint(len(body)) + body
+        handle.write(_MODEL_GRAPH_TAG + _varint(len(record)))
+        handle.write(record)
+        return
+    info = ExternalDataInfo(tensor)
+    low, high = onnx.TensorProto(), onnx.TensorProto()
+    low.CopyFrom(tensor)
+    low.ClearField("external_data")
+    low.ClearField("data_location")
+    if tensor.HasField("doc_string"):  # fields numbered after raw_data (9) follow its bytes
+        high.doc_string = tensor.doc_string
+    low.ClearField("doc_string")
+    if "metadata_props" in onnx.TensorProto.DESCRIPTOR.fields_by_name:
+        high.metadata_props.extend(tensor.metadata_props)
+        low.ClearField("metadata_props")
+    head = low.SerializeToString() + bytes([9 << 3 | 2]) + _varint(info.length)
+    tail = high.SerializeToString()
+    body_size = len(head) + info.length + len(tail)
+    record_head = _GRAPH_INITIALIZER_TAG + _varint(body_size)
+    handle.write(_MODEL_GRAPH_TAG + _varint(len(record_head) + body_size) + record_head + head)
+    data.seek(info.offset)
+    left = info.length
+    while left:
+        chunk = data.read(min(left, 1 << 24))
+        if not chunk:
+            raise OSError("the weights file ended early")
+        handle.write(chunk)
+        left -= len(chunk)
+    handle.write(tail)

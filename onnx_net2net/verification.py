@@ -96,6 +96,9 @@ def _new_session(source: str | bytes, rewritten: bool = False) -> ort.InferenceS
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.log_severity_level = 3
     options.intra_op_num_threads = _THREADS
+    if isinstance(source, str):
+        # weights stay memory-mapped from their file (prepacking would copy every MatMul's)
+        options.add_session_config_entry("session.disable_prepacking", "1")
     try:
         return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
     except Exception as exc:
@@ -225,8 +228,10 @@ def check_options(options: dict) -> None:
 def compare(original: onnx.ModelProto, rewritten: onnx.ModelProto, feeds: dict[str, np.ndarray] | None = None,
             dims: dict[str, int] | None = None, seed: int = 0, atol: float | None = None,
             rtol: float | None = None, int_range: tuple[int, int] | None = None, strict_dims: bool = True,
-            strict: bool = False) -> Report:
-    """Run both models on the same inputs and check names, dtypes, shapes and values."""
+            strict: bool = False, files: tuple[Path, Path] | None = None) -> Report:
+    """Run both models on the same inputs and check names, dtypes, shapes and values. With
+    `files` (original, rewritten), onnxruntime reads the models from those files, their
+    external data memory-mapped from beside them, and the protos need no weights."""
     check_options({"dims": dims, "seed": seed, "atol": atol, "rtol": rtol, "int_range": int_range})
     notes: list[str] = []
     if feeds is None:
@@ -241,22 +246,27 @@ def compare(original: onnx.ModelProto, rewritten: onnx.ModelProto, feeds: dict[s
     if missing:
         raise Net2NetError(f"inputs missing for {', '.join(missing)}")
     run_feeds = {k: v for k, v in feeds.items() if k in {vi.name for vi in _runtime_inputs(original)}}
-    results = compare_outputs(expected_names, run(original, run_feeds, notes),
-                              run(rewritten, run_feeds, notes, rewritten=True), atol, rtol, strict)
+    paths = files or (None, None)
+    results = compare_outputs(expected_names, run(original, run_feeds, notes, path=paths[0]),
+                              run(rewritten, run_feeds, notes, rewritten=True, path=paths[1]), atol, rtol, strict)
     inputs = {k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in run_feeds.items()}
     return Report(all(c.passed for c in results), results, inputs, notes, strict)
 
 
 def run(model: onnx.ModelProto, feeds: dict[str, np.ndarray], notes: list[str] | None = None,
-        rewritten: bool = False) -> list[np.ndarray]:
-    """Outputs of one onnxruntime CPU run with graph optimizations off (nothing fused or reordered).
+        rewritten: bool = False, path: Path | None = None) -> list[np.ndarray]:
+    """Outputs of one onnxruntime CPU run with graph optimizations off (nothing fused or reordered);
+    from `path` when given (a file whose data files were checked or written by this tool).
 
     A bfloat16, float16 or float64 model that onnxruntime CPU lacks kernels for runs as its
     float32 twin (see `upcast`); `notes` says so."""
     restore: list = []
     try:
-        session = _session(model, rewritten)
+        session = _session(model, rewritten) if path is None else _new_session(str(path), rewritten)
     except _MissingKernel as exc:
+        if path is not None:  # the float32 twin is built in memory
+            from .io import load_model
+            model = load_model(path).model
         types = upcast.twinned_types(model)
         if not types:
             raise exc.failure from exc

@@ -182,14 +182,16 @@ def make_mapping(old: int, new: int, partitions: int, rng: np.random.Generator,
 
 
 def apply(graph: gs.Graph, analysis: Analysis, widenings: list[Widening], seed: int = 0,
-          noise: float = 0.0, split: S.Split | None = None) -> tuple[list[str], list[dict]]:
+          noise: float = 0.0, split: S.Split | None = None, store=None) -> tuple[list[str], list[dict]]:
     """Rewrite initializers, shape constants and attributes of every widened group, in place;
     returns the names of the constants written (rewritten or added), and the untyings.
 
     A constant read in ways that need different rewrites (a table tied between an embedding
     lookup, whose columns are copied, and an output head, whose columns are divided) is
-    untied into one copy per way."""
+    untied into one copy per way. `store` (an array to an array) takes each new weight as it
+    is made, e.g. out of memory into the output file."""
     split = replace(split or S.Split(), seed=seed)
+    store = store or (lambda values: values)
     mappings: dict[int, Mapping] = {}
     fresh: dict[int, np.ndarray] = {}
     shares: dict[int, np.ndarray] = {}
@@ -229,8 +231,8 @@ def apply(graph: gs.Graph, analysis: Analysis, widenings: list[Widening], seed: 
             if not key:
                 continue
             effects = by_slot[(id(slots[0][0]), slots[0][1])]
-            values = _transform(np.asarray(tensor.values), effects, context,
-                                S.entry_rng(split, tensor.name, number))
+            source = [_release(tensor) if len(variants) == 1 else np.asarray(tensor.values)]
+            values = store(_transform(source, effects, context, S.entry_rng(split, tensor.name, number)))
             if len(variants) == 1:
                 tensor.values = values
                 written.append(tensor.name)
@@ -261,6 +263,14 @@ class _Context:
     free: set[int]  # groups whose copies may differ from their sources (see Family.FREE_COPIES)
 
 
+def _release(tensor: gs.Constant) -> np.ndarray:
+    """A weight's values, which the tensor then stops holding: the transform's first step is
+    the last reference, so a weight mapped from disk is unmapped as soon as it has been read."""
+    values = np.asarray(tensor.values)
+    tensor.values = np.broadcast_to(np.zeros((), values.dtype), values.shape)  # shape and dtype, no memory
+    return values
+
+
 def _uses_by_tensor(graph: gs.Graph, by_slot: dict) -> dict[str, tuple[gs.Constant, list[tuple[gs.Node, int]]]]:
     """Every use of each constant that some effect rewrites (so shared constants can be split)."""
     touched: dict[str, gs.Constant] = {}
@@ -278,7 +288,9 @@ def _uses_by_tensor(graph: gs.Graph, by_slot: dict) -> dict[str, tuple[gs.Consta
     return uses
 
 
-def _transform(values: np.ndarray, effects: list[Effect], ctx: _Context, rng: np.random.Generator) -> np.ndarray:
+def _transform(holder: list[np.ndarray], effects: list[Effect], ctx: _Context,
+               rng: np.random.Generator) -> np.ndarray:
+    values = holder.pop()  # taken out of the list, so the first step's result frees the original
     for effect in effects:
         layout = ctx.canon[id(effect)]
         if effect.kind == "entry":

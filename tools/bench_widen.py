@@ -1,10 +1,15 @@
-"""Benchmark: widen every widenable group, or deepen after every layer, of VGG-19 (zoo copy,
-random weights, ~550 MB).
+"""Benchmark the command line's streamed rewrite against floors measured in the same run.
 
-Each measurement runs in its own process so peak memory (max RSS) is its own. The baseline is
-plain onnx.load + onnx.save of the same file, measured in the same run; ratios are printed.
+Modes (each in its own process, so its peak memory (VmHWM) is its own; best of --repeat):
+  cp             raw copy of the input's and the output's bytes (model + data files)
+  load+save      onnx.load + onnx.save of the widened output (external data if it has some)
+  ort-2          build and run plain onnxruntime sessions of the input and the output files
+  widen          widen every widenable group, written as it is made, no verification
+  widen+verify   the same, verified (sessions from the files on disk)
+  widen-memory   the library's in-memory path + save_model (skipped with --no-memory)
+  deepen         an identity layer after every exact deepen point, streamed
 
-    .venv/bin/python tools/bench_widen.py [--model vgg19] [--factor x1.5] [--verify]
+    python tools/bench_widen.py [--model vgg19 | --model /tmp/big/mlp.onnx] [--factor x1.5]
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -30,75 +36,117 @@ def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _measure(mode: str, source: str, target: str, factor: str) -> dict:
+def _files(model: Path) -> list[Path]:
+    data = model.with_name(model.name + ".data")
+    return [model] + ([data] if data.exists() else [])
+
+
+def _measure(mode: str, source: str, target: str, factor: str, wide: str) -> dict:
+    import numpy as np
     import onnx
+    import onnxruntime as ort
 
     import onnx_net2net as n2n
-    from onnx_net2net.io import save_model
+    from onnx_net2net.io import load_model, save_model
+    from onnx_net2net.verification import make_inputs
 
     ready = _peak_mb()
     start = time.perf_counter()
-    if mode.startswith("baseline"):
-        onnx.save(onnx.load(source), target)
+    if mode == "cp":
+        for path in _files(Path(source)) + _files(Path(wide)):
+            shutil.copyfile(path, Path(target).with_name(path.name + ".copy"))
+    elif mode == "load+save":
+        external = len(_files(Path(wide))) > 1
+        onnx.save(onnx.load(wide), target, save_as_external_data=external,
+                  location=Path(target).name + ".data")
+    elif mode == "ort-2":
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        feeds = make_inputs(onnx.load(source, load_external_data=False))
+        for path in (source, wide):
+            ort.InferenceSession(path, options, providers=["CPUExecutionProvider"]).run(None, feeds)
+    elif mode.startswith("widen-memory"):
+        save_model(n2n.widen(source, widen_all=factor, verify=False), target,
+                   external_data=len(_files(Path(source))) > 1)
     elif mode.startswith("widen"):
-        result = n2n.widen_model(source, {}, widen_all=factor, verify=(mode == "widen+verify"))
-        save_model(result.model, target)
+        n2n.widen_model(load_model(source, mapped=True), {}, widen_all=factor, verify=(mode == "widen+verify"),
+                        output=target)
     else:
-        model = onnx.load(source)
-        points = [p["target"] for p in n2n.inspect(model).deepen if p["exact"]]
-        save_model(n2n.deepen(model, points, verify=False), target)
+        loaded = load_model(source, mapped=True)
+        points = [p["target"] for p in n2n.inspect(loaded).deepen if p["exact"]]
+        n2n.deepen_model(load_model(source, mapped=True), points, verify=False, output=target)
+    np.zeros(1)
     return {"seconds": time.perf_counter() - start, "peak_mb": _peak_mb(), "import_mb": ready}
 
 
-def _run(mode: str, source: Path, target: Path, factor: str) -> dict:
+def _run(mode: str, source: Path, target: Path, factor: str, wide: Path) -> dict:
     os.sync()  # flush earlier runs' dirty pages so their write-back is not billed to this one
-    done = subprocess.run([sys.executable, __file__, "--measure", mode, str(source), str(target), factor],
-                          capture_output=True, text=True, cwd=ROOT, check=True)
+    done = subprocess.run([sys.executable, __file__, "--measure", mode, str(source), str(target), factor, str(wide)],
+                          capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    if done.returncode:
+        return {"seconds": float("nan"), "peak_mb": float("nan"), "import_mb": 0.0,
+                "error": (done.stderr.strip().splitlines() or ["?"])[-1]}
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def _clear(folder: Path, keep: set[str]) -> None:
+    for path in folder.iterdir():
+        if path.name not in keep:
+            path.unlink()
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--model", default="vgg19")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="vgg19", help="a zoo name (tools/zoo.py) or an .onnx path")
     parser.add_argument("--factor", default="x1.5")
-    parser.add_argument("--verify", action="store_true", help="also time widen with onnxruntime verification")
     parser.add_argument("--repeat", type=int, default=2, help="runs per mode; the fastest is reported")
-    parser.add_argument("--measure", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument("--no-memory", action="store_true", help="skip the in-memory path (large models)")
+    parser.add_argument("--tmp", default=None, help="scratch folder (default: a new one in /tmp)")
+    parser.add_argument("--modes", default=None, help="comma-separated subset (widen always runs first)")
+    parser.add_argument("--measure", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.measure:
         print(json.dumps(_measure(*args.measure)))
         return
 
     sys.path.insert(0, str(ROOT))
-    import onnx
+    with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
+        tmp = Path(tmp)
+        if Path(args.model).suffix == ".onnx":
+            source = Path(args.model)
+        else:
+            import onnx
 
-    from tools.zoo import zoo_model
+            from tools.zoo import zoo_model
 
-    with tempfile.TemporaryDirectory() as tmp:
-        source = Path(tmp) / f"{args.model}.onnx"
-        onnx.save(zoo_model(args.model), str(source))
-        size_mb = source.stat().st_size / 2**20
-        modes = ["baseline", "widen"] + (["widen+verify"] if args.verify else []) + ["baseline-wide", "deepen"]
+            source = tmp / f"{args.model}.onnx"
+            onnx.save(zoo_model(args.model), str(source))
+        size_mb = sum(p.stat().st_size for p in _files(source)) / 2**20
+        work = tmp / "work"
+        work.mkdir()
+        wide = tmp / "wide.onnx"
+        modes = ["widen", "cp", "load+save", "ort-2", "widen+verify"] + ["widen-memory"] * (not args.no_memory) + \
+                ["deepen"]
+        if args.modes:
+            modes = ["widen"] + [m for m in modes if m in args.modes.split(",") and m != "widen"]
         runs: dict[str, list[dict]] = {mode: [] for mode in modes}
-        wide = Path(tmp) / "wide-copy.onnx"
         for _ in range(args.repeat):  # interleaved, so disk and cache state affect every mode alike
             for mode in modes:
-                # baseline-wide: load + save of a model the size of the widened output
-                runs[mode].append(_run(mode, wide if mode == "baseline-wide" else source,
-                                       Path(tmp) / f"{mode}.onnx", args.factor))
-                if mode == "widen":
-                    (Path(tmp) / f"{mode}.onnx").replace(wide)
-                else:
-                    (Path(tmp) / f"{mode}.onnx").unlink()
-        results = {mode: min(r, key=lambda x: x["seconds"]) for mode, r in runs.items()}
-    base = results["baseline"]
-    print(f"{args.model}: {size_mb:.0f} MB, every widenable group widened {args.factor}; "
-          f"baseline = onnx.load + onnx.save of the input, baseline-wide = the same for the widened output")
-    print(f"{'':14}{'seconds':>9}{'ratio':>8}{'peak MB':>10}{'ratio':>8}{'peak-import MB':>16}{'ratio':>8}")
+                # widen writes the output the floors read (cp, load+save, ort-2)
+                runs[mode].append(_run(mode, source, wide if mode == "widen" else work / "out.onnx", args.factor,
+                                       wide))
+                _clear(work, set())
+        results = {mode: min(r, key=lambda x: x["seconds"] if x["seconds"] == x["seconds"] else 1e18)
+                   for mode, r in runs.items()}
+        out_mb = sum(p.stat().st_size for p in _files(wide)) / 2**20
+    nan = {"seconds": float("nan")}
+    floor, sessions = results.get("load+save", nan)["seconds"], results.get("ort-2", nan)["seconds"]
+    print(f"{args.model}: {size_mb:.0f} MB in, {out_mb:.0f} MB out (every widenable group {args.factor}); "
+          f"load: {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f}")
+    print(f"{'mode':14}{'seconds':>9}{'/load+save':>12}{'/cp':>7}{'/ort-2':>8}{'peak MB':>10}")
     for mode, r in results.items():
-        own, base_own = r["peak_mb"] - r["import_mb"], base["peak_mb"] - base["import_mb"]
-        print(f"{mode:14}{r['seconds']:9.2f}{r['seconds'] / base['seconds']:8.2f}{r['peak_mb']:10.0f}"
-              f"{r['peak_mb'] / base['peak_mb']:8.2f}{own:16.0f}{own / base_own:8.2f}")
+        print(f"{mode:14}{r['seconds']:9.2f}{r['seconds'] / floor:12.2f}{r['seconds'] / results.get('cp', nan)['seconds']:7.2f}"
+              f"{r['seconds'] / sessions:8.2f}{r['peak_mb']:10.0f}" + (f"  {r['error']}" if "error" in r else ""))
 
 
 if __name__ == "__main__":

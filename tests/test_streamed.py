@@ -1,0 +1,122 @@
+"""The command line writes models while it makes them (weights mapped from the input, written one
+at a time): the result must be the library's in-memory result, value for value."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+from onnx.external_data_helper import ExternalDataInfo, uses_external_data
+
+import onnx_net2net as n2n
+from onnx_net2net.io import save_model
+from onnx_net2net.store import ALIGN, SMALL_ALIGN
+
+from click.testing import CliRunner
+
+from onnx_net2net.cli import main
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def mlp(path: Path, external: bool, width: int = 256, layers: int = 4) -> Path:
+    """x -> (MatMul + Add + Relu) * layers -> MatMul: a few MB of float32 weights."""
+    rng = np.random.default_rng(0)
+    nodes, inits, current = [], [], "x"
+    for i in range(layers):
+        inits += [numpy_helper.from_array((rng.standard_normal((width, width)) / 16).astype(np.float32), f"fc{i}.weight"),
+                  numpy_helper.from_array(rng.standard_normal(width).astype(np.float32), f"fc{i}.bias")]
+        nodes += [helper.make_node("MatMul", [current, f"fc{i}.weight"], [f"m{i}"], name=f"fc{i}"),
+                  helper.make_node("Add", [f"m{i}", f"fc{i}.bias"], [f"a{i}"]),
+                  helper.make_node("Relu", [f"a{i}"], [f"r{i}"])]
+        current = f"r{i}"
+    inits.append(numpy_helper.from_array(rng.standard_normal((width, 10)).astype(np.float32), "head.weight"))
+    nodes.append(helper.make_node("MatMul", [current, "head.weight"], ["y"], name="head"))
+    graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", width])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 10])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path), save_as_external_data=external, location=path.name + ".data",
+              size_threshold=1024)
+    return path
+
+
+def values(path: Path) -> dict[str, np.ndarray]:
+    model = onnx.load(str(path))  # data read from beside the file
+    return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+
+
+def same_model(written: Path, expected: onnx.ModelProto) -> None:
+    model = onnx.load(str(written))
+    assert [n.SerializeToString() for n in model.graph.node] == [n.SerializeToString() for n in expected.graph.node]
+    assert [t.name for t in model.graph.initializer] == [t.name for t in expected.graph.initializer]
+    got = values(written)
+    for tensor in expected.graph.initializer:
+        want = numpy_helper.to_array(tensor)
+        assert got[tensor.name].dtype == want.dtype and np.array_equal(got[tensor.name], want), tensor.name
+
+
+@pytest.mark.parametrize("external", [False, True])
+def test_widen_streamed_equals_in_memory(tmp_path, external):
+    source = mlp(tmp_path / "in" / "m.onnx", external)
+    out = tmp_path / "out" / "wide.onnx"
+    result = invoke("widen", source, "-o", out, "--all", "x1.5", "--seed", "3")
+    assert result.exit_code == 0, result.stderr
+    expected = n2n.widen(source, widen_all="x1.5", seed=3, verify=False)
+    same_model(out, expected)
+    assert (tmp_path / "out" / "wide.onnx.data").exists() == external
+    assert sorted(p.name for p in out.parent.iterdir()) == ["wide.onnx"] + ["wide.onnx.data"] * external
+    if not external:  # inline: the very bytes the in-memory path saves
+        save_model(expected, tmp_path / "mem.onnx")
+        assert out.read_bytes() == (tmp_path / "mem.onnx").read_bytes()
+    assert n2n.verify(source, out).passed
+
+
+def test_external_entries_are_page_aligned_and_inputs_untouched(tmp_path):
+    source = mlp(tmp_path / "in" / "m.onnx", external=True)
+    before = {p.name: p.read_bytes() for p in source.parent.iterdir()}
+    out = tmp_path / "out" / "wide.onnx"
+    assert invoke("widen", source, "-o", out, "fc0=384", "fc2=x2").exit_code == 0
+    assert {p.name: p.read_bytes() for p in source.parent.iterdir()} == before
+    entries = [ExternalDataInfo(t) for t in onnx.load(str(out), load_external_data=False).graph.initializer
+               if uses_external_data(t)]
+    assert entries and all(e.location == "wide.onnx.data" for e in entries)
+    assert all(e.offset % (ALIGN if e.length >= ALIGN else SMALL_ALIGN) == 0 for e in entries)
+
+
+@pytest.mark.parametrize("mode, external", [("always", True), ("never", False), ("auto", False)])
+def test_external_data_option(tmp_path, mode, external):
+    source = mlp(tmp_path / "in" / "m.onnx", external=mode == "never")
+    out = tmp_path / "out" / "wide.onnx"
+    assert invoke("widen", source, "-o", out, "fc1=x2", "--external-data", mode).exit_code == 0
+    assert (tmp_path / "out" / "wide.onnx.data").exists() == external
+    same_model(out, n2n.widen(source, {"fc1": "x2"}, verify=False))
+
+
+@pytest.mark.parametrize("external", [False, True])
+def test_deepen_streamed_equals_in_memory(tmp_path, external):
+    source = mlp(tmp_path / "in" / "m.onnx", external)
+    out = tmp_path / "out" / "deep.onnx"
+    result = invoke("deepen", source, "-o", out, "fc0", "fc2")
+    assert result.exit_code == 0, result.stderr
+    same_model(out, n2n.deepen(source, ["fc0", "fc2"], verify=False))
+
+
+def test_mismatch_leaves_nothing(tmp_path):
+    source = mlp(tmp_path / "in" / "m.onnx", external=True)
+    out = tmp_path / "out" / "wide.onnx"
+    # noise makes the copies differ: verification reports it, an exact rewrite is not claimed
+    result = invoke("widen", source, "-o", out, "fc1=x2", "--noise", "0.5", "--atol", "0", "--rtol", "0")
+    assert result.exit_code == 0  # noise is reported, not enforced
+    assert out.exists()
+    out.unlink()
+    (out.parent / "wide.onnx.data").unlink()
+    broken = tmp_path / "in" / "m.onnx.data"
+    broken.write_bytes(broken.read_bytes()[:100])  # data shorter than its entries: refused, nothing written
+    result = invoke("widen", source, "-o", out, "fc1=x2")
+    assert result.exit_code == 2 and list(out.parent.iterdir()) == []
