@@ -71,7 +71,7 @@ def parameter_count(graph: gs.Graph) -> int:
 def _group_json(group) -> dict:
     return {"id": group.id, "kind": group.kind, "width": group.width, "units": group.units,
             "unit_size": group.grain,
-            "widenable": group.widenable, "reason": group.reason,
+            "widenable": group.widenable, "reason": group.reason, "reasons": list(group.reasons),
             "producers": [G.label(n) for n in group.producers], "weights": group.weights,
             "consumers": [G.label(n) for n in group.consumers],
             "family": "uniform" if group.uniform else "random", "limits": group.limits or []}

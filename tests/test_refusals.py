@@ -131,3 +131,11 @@ def test_quantized_weights_are_not_folded_into_floats():
         n2n.widen_model(model, {}, widen_all="x2")
     result = n2n.widen_model(model, {}, widen_all="x2", optional=True)  # a plan's optional step
     assert result.widened == [] and any(n.op_type == "DequantizeLinear" for n in result.model.graph.node)
+
+
+def test_every_blocking_reason_is_listed_not_only_the_first():
+    model = _conv_then("n = LRN<size=3>(a)\n        s = Softmax<axis=1>(a)\n        y = Add(n, s)",
+                       "float[1, 6, 4, 4] y")
+    group = group_of(model, "Conv->a")
+    assert group["reason"] == group["reasons"][0] and len(group["reasons"]) == 2
+    assert "(LRN)" in group["reasons"][0] and "(Softmax)" in group["reasons"][1]
