@@ -88,7 +88,7 @@ def observe_shapes(graph: gs.Graph) -> None:
         if tensor.shape is not None and any(isinstance(d, (int, np.integer)) and d >= 0 and d != o
                                             for d, o in zip(tensor.shape, seen)):
             continue  # the runs contradict inference: trust neither
-        tensor.n2n_declared = tensor.shape  # what messages show (see shape_text)
+        tensor.n2n_inferred_shape = tensor.shape  # what messages show (see shape_text)
         tensor.shape = list(seen)
 
 
@@ -98,7 +98,7 @@ def shape_text(tensor: gs.Tensor) -> str:
     dims = shape(tensor)
     if dims is None:
         return "?"
-    declared = getattr(tensor, "n2n_declared", None) or []
+    declared = getattr(tensor, "n2n_inferred_shape", None) or []
     shown = []
     for axis, d in enumerate(dims):
         if isinstance(d, str) and d.startswith(probe.SIGNATURE):

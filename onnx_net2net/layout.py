@@ -4,7 +4,6 @@ tiled (a channels-last flatten, where the units vary fastest and repeat for ever
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Callable
 
 import numpy as np
 
@@ -69,10 +68,6 @@ class Layout:
     def tiled(self, factor: int) -> Layout:
         """The pattern repeats `factor` more times (leading dims merged in before the units)."""
         return replace(self, outer=self.outer * factor)
-
-    def canonical(self, find: Callable[[int], int]) -> Layout:
-        return replace(self, segments=tuple(s if s.space is None else replace(s, space=find(s.space))
-                                            for s in self.segments))
 
     def same_structure(self, other: Layout) -> bool:
         return (self.axis == other.axis and self.outer == other.outer and len(self.segments) == len(other.segments)
