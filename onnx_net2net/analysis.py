@@ -10,10 +10,11 @@ import enum
 import math
 from dataclasses import dataclass, replace
 
+import numpy as np
 import onnx_graphsurgeon as gs
 
 from . import graph as G
-from .layout import Layout, Segment
+from .layout import Layout, Segment, interleaved_position
 
 
 class Family(enum.Flag):
@@ -36,7 +37,8 @@ class Effect:
 
     kinds: replicate (copy entries with their unit), contract (copy and divide by replica
     count), grouped_contract (contract inside each of `groups` convolution groups),
-    entry (a shape constant's entry `axis` becomes the layout's new size, or `value`),
+    entry (a shape constant's entry `axis` becomes the layout's new size over `divisor`, or
+    `value`),
     attr_entry (the same for entry `axis` of the list attribute `attr`),
     group_attr (a depthwise conv's `group` becomes the layout's new size).
     """
@@ -50,6 +52,24 @@ class Effect:
     incoming: bool = False  # a producer's own weights: where --noise applies
     value: int | None = None
     attr: str | None = None
+    divisor: int = 1  # a channel shuffle's chunk size: the new size over the chunk count
+
+
+@dataclass(frozen=True)
+class Cells:
+    """A grouped convolution reading shuffled units: over `width` units, cut into `interleave`
+    chunks and interleaved, conv group k reads positions [k*width/groups, (k+1)*width/groups).
+    Each copy must land in its source's (chunk, conv group) cell, at any width."""
+
+    interleave: int
+    groups: int
+    width: int
+
+    def labels(self, width: int) -> np.ndarray | None:
+        """Each natural unit's conv group at `width`; None when the width does not divide."""
+        if width % self.interleave or width % self.groups:
+            return None
+        return interleaved_position(width, self.interleave) // (width // self.groups)
 
 
 @dataclass
@@ -75,6 +95,7 @@ class Group:
     limits: list[str] | None = None  # why some families were ruled out
     units: int = 0  # what the mapping moves: `width` units, or fewer runs of them (heads)
     kind: str = "units"  # hidden, heads, ffn, channels: a label users may target
+    cells: tuple[Cells, ...] = ()  # grouped convolutions over its shuffled units
 
     @property
     def grain(self) -> int:
@@ -113,6 +134,9 @@ class Analysis:
         self.groups: list[Group] = []
         self.added_nodes: list[gs.Node] = []  # copies of shared shape computations (private_input)
         self._children: dict[int, list[Segment]] = {}  # split spaces and their parts (refine)
+        self._cells: dict[int, list[Cells]] = {}  # per root
+        self.shuffled: set[int] = set()  # spaces a channel shuffle interleaved: never split later
+        self._unsplit = ""  # why the last join could not cut a plain side to match (for its message)
         self._copies = 0
 
     # -- union-find over unit spaces -------------------------------------------------------
@@ -127,41 +151,96 @@ class Analysis:
 
     def refine(self, layout: Layout, sizes: list[int], node: gs.Node) -> list[Segment] | None:
         """Split a layout's one space into consecutive sub-spaces of `sizes` elements (a fused
-        query/key/value projection split in three): each grows on its own, its producer's
-        weights follow the concatenation of their mappings. Only a space no join, head split
-        or constraint has touched yet can be split; None (blocked) otherwise."""
+        query/key/value projection split in three, a shuffled stage split in halves): each
+        grows on its own, its producers' weights follow the concatenation of their mappings.
+
+        A space already joined with others splits them all at the same place, so joined
+        parts stay joined; cuts must fall between the runs of units the group moves, its conv
+        groups and its shuffles. None (blocked) otherwise."""
         if len(layout.segments) != 1 or layout.outer != 1:
             self.block(layout, node, "splits concatenated or tiled units")
             return None
         seg = layout.segments[0]
-        if not self._untouched(seg) or any(size % seg.block for size in sizes) or sum(sizes) != seg.size:
-            self.block(layout, node, "splits the unit axis into parts that cannot grow on their own")
+        cuts = self._cuts(seg, sizes)
+        if isinstance(cuts, str):
+            self.block(layout, node, f"splits the unit axis where its parts cannot grow on their own: {cuts}")
             return None
-        producer = next(p for p in self.producers if p.space == seg.space)
-        parts = []
-        for size in sizes:
-            child = self.new_space(producer.node, size // seg.block)
-            parts.append(Segment(child, size // seg.block, seg.block))
-        self._children[seg.space] = parts
-        self.producers = [p for p in self.producers if p.space != seg.space]
-        return parts
-
-    def _untouched(self, seg: Segment) -> bool:
-        """A space nothing has joined, coarsened, limited or split yet: it may still be split."""
-        if seg.space is None or seg.space in self._children or seg.per != 1:
-            return False
         root = self.find(seg.space)
-        return (root == seg.space and not any(self.find(s) == root for s in range(len(self._parent)) if s != root)
-                and self._units[root] == self._widths[seg.space] and not self._reasons.get(root)
-                and self.family(root) == Family.ANY and self._partitions[root] == 1)
+        members = [s for s in range(len(self._parent)) if self.find(s) == root and s not in self._children]
+        units, partitions = self._units[root], self._partitions[root]
+        family, limits, reasons = self.family(root), self.limits(root), self.reasons(root)
+        producers = {p.space: p for p in self.producers}
+        by_part: list[list[int]] = [[] for _ in cuts]
+        for member in members:
+            grain = self._widths[member] // units
+            parts = []
+            for index, cut in enumerate(cuts):
+                child = self.new_space(producers[member].node, cut * grain, max(1, partitions * cut // units))
+                parts.append(Segment(child, cut * grain))
+                by_part[index].append(child)
+            self._children[member] = parts
+        self.producers = [p for p in self.producers if p.space not in members]
+        for children, cut in zip(by_part, cuts):
+            for child in children[1:]:
+                self._union(children[0], child)
+            part_root = self.find(children[0])
+            self._units[part_root] = cut
+            if family != Family.ANY:
+                self._families[part_root] = family
+            self._limits[part_root] = list(limits)
+            if reasons:
+                self._reasons[part_root] = list(reasons)
+        return [replace(part, block=seg.block, per=seg.per) for part in self._children[seg.space]]
+
+    def parts(self, layout: Layout, sizes: list[int], node: gs.Node) -> list[Layout] | None:
+        """`layout` cut into consecutive parts of `sizes` elements, each growing on its own:
+        the space is refined, or, if an earlier cut (the other half of a Split spelled as two
+        Slices) already refined it at these places, its parts are reused."""
+        seg = layout.segments[0] if len(layout.segments) == 1 else None
+        if seg is None or seg.space is None or seg.space not in self._children:
+            refined = self.refine(layout, sizes, node)
+            return None if refined is None else [replace(layout, segments=(part,)) for part in refined]
+        existing = self.canonical(layout).segments
+        ends = np.cumsum([part.size for part in existing]).tolist()
+        wanted = np.cumsum(sizes).tolist()
+        if layout.outer != 1 or sum(sizes) != layout.size or not set(wanted) <= set(ends):
+            self.block(layout, node, "cuts the unit axis where an earlier cut did not")
+            return None
+        out, start = [], 0
+        for end in wanted:
+            stop = ends.index(end) + 1
+            out.append(replace(layout, segments=tuple(existing[start:stop])))
+            start = stop
+        return out
+
+    def _cuts(self, seg: Segment, sizes: list[int]) -> list[int] | str:
+        """The parts' sizes in the group's mapped units, or why a split cannot fall there."""
+        if seg.space is None or sum(sizes) != seg.size:
+            return "the parts do not cover the units"
+        if seg.space in self._children:
+            return "the space was cut elsewhere before"
+        root = self.find(seg.space)
+        if seg.interleave != 1 or any(self.find(s) == root for s in self.shuffled) or self._cells.get(root):
+            return "the units are read shuffled"
+        units, partitions = self._units[root], self._partitions[root]
+        run = seg.block * (seg.positions // units) if seg.positions % units == 0 else 0
+        if not run or any(size % run for size in sizes):
+            return f"a cut falls inside a run of {run or seg.size} elements that moves as one"
+        cuts = [size // run for size in sizes]
+        if any(cut == 0 or partitions > 1 and cut % (units // partitions) for cut in cuts):
+            return f"a part would not hold whole conv groups ({partitions})"
+        return cuts
 
     def _refined_like(self, layout: Layout, target: Layout, node: gs.Node) -> Layout:
         """A plain space meeting a concatenation of spaces (GhostNet's [primary; cheap] added to
         a plain residual, or gated by a squeeze-excitation) is split into matching parts."""
         if (len(layout.segments) != 1 or len(target.segments) < 2 or layout.axis != target.axis
                 or layout.outer != target.outer or layout.size != target.size or layout.outer != 1
-                or any(t.space is None or t.per != 1 for t in target.segments)
-                or not self._untouched(layout.segments[0])):
+                or any(t.space is None or t.per != 1 for t in target.segments)):
+            return layout
+        why = self._cuts(layout.segments[0], [t.size for t in target.segments])
+        if isinstance(why, str):
+            self._unsplit = f" (the plain side cannot be cut like the concatenated one: {why})"
             return layout
         parts = self.refine(layout, [t.size for t in target.segments], node)
         return layout if parts is None else Layout(layout.axis, layout.rank, tuple(parts))
@@ -177,7 +256,7 @@ class Analysis:
                 segments.append(seg if seg.space is None else replace(seg, space=self.find(seg.space)))
                 continue
             # the parts were cut at one block size; a flatten later may have grown it
-            pending[:0] = [replace(p, block=seg.block) for p in parts]
+            pending[:0] = [replace(p, block=seg.block, per=seg.per) for p in parts]
         return replace(layout, segments=tuple(segments))
 
     def find(self, space: int) -> int:
@@ -197,6 +276,7 @@ class Analysis:
         fa, fb = self.family(ra), self._families.pop(rb, Family.ANY)
         self._families[ra] = fa & fb
         self._limits.setdefault(ra, []).extend(self._limits.pop(rb, []))
+        self._cells.setdefault(ra, []).extend(c for c in self._cells.pop(rb, []) if c not in self._cells[ra])
         if fa and fb and not fa & fb:
             self._reasons[ra].append("; ".join(self._limits[ra]) + " (no mapping satisfies them all)")
 
@@ -264,6 +344,7 @@ class Analysis:
         if not layouts:
             return None
         widest = max(layouts, key=lambda layout: len(layout.segments))
+        self._unsplit = ""
         layouts = [self._refined_like(layout, widest, node) for layout in layouts]
         first = layouts[0]
         if any(s in self._children for layout in layouts for s in layout.spaces):
@@ -273,7 +354,7 @@ class Analysis:
         for other in layouts[1:]:
             matched = _matching_segments(first, other)
             if matched is None:
-                self.block(layouts, node, "joins tensors whose units are laid out differently")
+                self.block(layouts, node, "joins tensors whose units are laid out differently" + self._unsplit)
                 return None
             pairs.extend(matched)
         for a, b in pairs:
@@ -283,14 +364,122 @@ class Analysis:
         return first
 
     def require_partitions(self, layout: Layout, partitions: int, node: gs.Node) -> bool:
-        """Grouped convolution: each new unit must stay inside its group's block of units."""
-        if len(layout.segments) != 1 or layout.segments[0].space is None or layout.segments[0].block != 1 \
-                or layout.outer != 1:
+        """Grouped convolution: each new unit must stay inside its group's block of units; over
+        shuffled units, inside the block its shuffled position falls in."""
+        seg = layout.segments[0]
+        if len(layout.segments) > 1 and layout.outer == 1:
+            return self._grouped_over_parts(layout, partitions, node)
+        if len(layout.segments) != 1 or seg.space is None or seg.block != 1 or layout.outer != 1:
             self.block(layout, node, f"grouped convolution (group={partitions}) over concatenated or flattened units")
             return False
-        root = self.find(layout.segments[0].space)
-        self._partitions[root] = math.lcm(self._partitions[root], partitions)
+        root = self.find(seg.space)
+        if seg.interleave == 1:
+            self._partitions[root] = math.lcm(self._partitions[root], partitions)
+            return True
+        if seg.per != 1 or seg.units % partitions:
+            self.block(layout, node, f"grouped convolution (group={partitions}) over shuffled units that do not "
+                       "divide into its groups")
+            return False
+        cells = Cells(seg.interleave, partitions, seg.units)
+        if cells not in self._cells.setdefault(root, []):
+            self._cells[root].append(cells)
         return True
+
+    def _grouped_over_parts(self, layout: Layout, partitions: int, node: gs.Node) -> bool:
+        """A grouped convolution over concatenated parts (ShuffleNet v1's [pooled input;
+        branch]): every conv group must grow alike, so when the groups are made of whole parts,
+        group i's parts are joined with group 0's, part for part; when every part is the same
+        size and holds whole groups, all are joined and split into those groups."""
+        what = f"grouped convolution (group={partitions}) over concatenated units"
+        chunk = layout.size // partitions
+        if layout.size % partitions or any(s.space is None or s.interleave != 1 for s in layout.segments):
+            self.block(layout, node, f"{what} with fixed or shuffled parts")
+            return False
+        sizes = {s.size for s in layout.segments}
+        if len(sizes) == 1 and chunk and next(iter(sizes)) % chunk == 0:
+            first = layout.segments[0]
+            for seg in layout.segments:
+                if _matching_segments(Layout(0, 1, (first,)), Layout(0, 1, (seg,))) is None or seg.block != 1:
+                    self.block(layout, node, f"{what} whose parts are laid out differently")
+                    return False
+                self._union(first.space, seg.space)
+            return self.require_partitions(Layout(layout.axis, layout.rank, (first,)), first.size // chunk, node)
+        pieces = self._chunks(layout, partitions)
+        if pieces is None or any(_matching_segments(pieces[0], p) is None for p in pieces[1:]) \
+                or any(s.block != 1 or s.per != 1 for p in pieces for s in p.segments):
+            self.block(layout, node, f"{what} whose groups do not hold whole, matching parts")
+            return False
+        for piece in pieces[1:]:
+            for a, b in zip(pieces[0].segments, piece.segments):
+                self._union(a.space, b.space)
+        return True
+
+    def _chunks(self, layout: Layout, count: int) -> list[Layout] | None:
+        """The layout as `count` equal chunks of whole segments, or None."""
+        chunk = layout.size // count
+        parts: list[list[Segment]] = [[]]
+        filled = 0
+        for seg in layout.segments:
+            if filled == chunk:
+                parts.append([])
+                filled = 0
+            parts[-1].append(seg)
+            filled += seg.size
+            if filled > chunk:
+                return None
+        if len(parts) != count or filled != chunk:
+            return None
+        return [Layout(layout.axis, layout.rank, tuple(p)) for p in parts]
+
+    def interleave(self, layout: Layout, chunks: int, node: gs.Node) -> Layout | None:
+        """A channel shuffle: the axis, as `chunks` equal chunks, is laid out chunk-minor.
+
+        One space (ShuffleNet v1's grouped conv output) keeps its units and is read
+        interleaved; its chunks must grow alike, so its conv groups include them. Chunks made
+        of concatenated parts (v2's [passthrough; branch]) are joined part for part: position
+        j of every chunk moves as one block, so the shuffle stays a shuffle at any width."""
+        what = f"channel shuffle in {chunks} groups"
+        if layout.outer != 1 or layout.size % chunks or any(s.interleave != 1 for s in layout.segments):
+            self.block(layout, node, f"{what} over units tiled, shuffled before or not divisible into its groups")
+            return None
+        if len(layout.segments) == 1:
+            seg = layout.segments[0]
+            if seg.space is None or seg.per != 1 or seg.block != 1:
+                self.block(layout, node, f"{what} over units that move in runs or blocks")
+                return None
+            if not self.require_partitions(layout, chunks, node):
+                return None
+            self.shuffled.add(seg.space)
+            return replace(layout, segments=(replace(seg, interleave=chunks),))
+        pieces = self._chunks(layout, chunks)
+        if pieces is None:
+            self.block(layout, node, f"{what} cuts through a concatenated part")
+            return None
+        parts = [list(p.segments) for p in pieces]
+        blocks = [1] * len(parts[0])
+        for piece in pieces[1:]:
+            if _matching_segments(pieces[0], piece) is None:
+                fixed = any(s.space is None for p in pieces for s in p.segments)
+                self.block(layout, node, f"{what} interleaves " + (
+                    "units with a part that cannot grow" if fixed else "parts laid out differently"))
+                return None
+            for k, (a, b) in enumerate(zip(pieces[0].segments, piece.segments)):
+                blocks[k] = math.lcm(blocks[k], a.block, b.block)
+        out = []
+        for k, seg in enumerate(parts[0]):
+            if seg.space is None:
+                out.append(Segment(None, seg.size * chunks))
+                continue
+            column = [p[k] for p in parts]
+            if any(s.positions % (blocks[k] // s.block) for s in column):
+                self.block(layout, node, f"{what} interleaves parts whose units cannot move together")
+                return None
+            column = [s.coarsened(blocks[k] // s.block) for s in column]
+            for s in column:
+                self.coarsen(s.space, s.per)
+                self._union(column[0].space, s.space)
+            out.append(replace(column[0], block=blocks[k] * chunks))
+        return Layout(layout.axis, layout.rank, tuple(out))
 
     def effect(self, kind: str, node: gs.Node, slot: int, axis: int, layout: Layout, **extra) -> None:
         self.effects.append(Effect(kind, node, slot, axis, layout, **extra))
@@ -326,6 +515,9 @@ class Analysis:
 
     def units(self, root: int) -> int:
         return self._units[root]
+
+    def cells(self, root: int) -> tuple[Cells, ...]:
+        return tuple(self._cells.get(root, ()))
 
 
 def _matching_segments(a: Layout, b: Layout) -> list[tuple[Segment, Segment]] | None:

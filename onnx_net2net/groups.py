@@ -67,12 +67,14 @@ def _close_groups(analysis: Analysis) -> None:
         group = Group(id=f"g{index}", root=root, width=producers[0].width, partitions=analysis.partitions(root),
                       producers=nodes, reasons=list(analysis.reasons(root)), weights=weights,
                       consumers=consumers, family=analysis.family(root), limits=analysis.limits(root),
-                      units=analysis.units(root))
+                      units=analysis.units(root), cells=analysis.cells(root))
         group.kind = _kind(group)
         analysis.groups.append(group)
     for group in analysis.groups:
         if group.units % group.partitions:
             group.reasons.append(f"{group.units} units are not divisible into {group.partitions} conv groups")
+        if any(cells.width != group.units for cells in group.cells):
+            group.reasons.append("a grouped convolution reads these units shuffled, and they move in runs")
 
 
 def _kind(group: Group) -> str:

@@ -1,5 +1,6 @@
-"""How unit spaces sit on a tensor axis: plain, blocked (flatten), segmented (concat) or
-tiled (a channels-last flatten, where the units vary fastest and repeat for every position)."""
+"""How unit spaces sit on a tensor axis: plain, blocked (flatten), segmented (concat), tiled
+(a channels-last flatten, where the units vary fastest and repeat for every position) or
+interleaved (a channel shuffle)."""
 
 from __future__ import annotations
 
@@ -14,12 +15,16 @@ class Segment:
 
     Each position along the axis stands for `per` consecutive units (1, or a head's D units
     once `[.., H*D]` is reshaped to `[.., H, D]`) and occupies `block` elements (H*W after a
-    channels-first flatten, r when grouped-query attention repeats each key head r times)."""
+    channels-first flatten, r when grouped-query attention repeats each key head r times).
+
+    `interleave` g > 1: a channel shuffle's order. The positions, naturally g equal chunks one
+    after the other, are laid out chunk-minor: position j*g + i holds unit j of chunk i."""
 
     space: int | None
     units: int
     block: int = 1
     per: int = 1
+    interleave: int = 1
 
     @property
     def positions(self) -> int:
@@ -32,6 +37,23 @@ class Segment:
     def coarsened(self, factor: int) -> Segment:
         """The same elements seen `factor` positions at a time."""
         return replace(self, per=self.per * factor, block=self.block * factor)
+
+
+def natural_order(positions: int, interleave: int) -> np.ndarray:
+    """For each position of an interleaved run, the natural (chunk-major) index it holds."""
+    p = np.arange(positions)
+    if interleave == 1:
+        return p
+    return (p % interleave) * (positions // interleave) + p // interleave
+
+
+def interleaved_position(positions: int, interleave: int) -> np.ndarray:
+    """For each natural index, the position it takes once interleaved (natural_order's inverse)."""
+    n = np.arange(positions)
+    if interleave == 1:
+        return n
+    chunk = positions // interleave
+    return (n % chunk) * interleave + n // chunk
 
 
 @dataclass(frozen=True)
@@ -71,7 +93,7 @@ class Layout:
 
     def same_structure(self, other: Layout) -> bool:
         return (self.axis == other.axis and self.outer == other.outer and len(self.segments) == len(other.segments)
-                and all(a.units == b.units and a.block == b.block and a.per == b.per
+                and all(a.units == b.units and a.block == b.block and a.per == b.per and a.interleave == b.interleave
                         and (a.space is None) == (b.space is None) for a, b in zip(self.segments, other.segments)))
 
 
@@ -115,8 +137,10 @@ def axis_plan(layout: Layout, mappings: dict[int, Mapping]) -> tuple[np.ndarray,
             counts.append(np.ones(seg.size, dtype=np.int64))
         else:
             within = np.arange(seg.block)
-            indices.append(offset + (mapping.source[:, None] * seg.block + within[None, :]).reshape(-1))
-            counts.append(np.repeat(mapping.counts[mapping.source], seg.block))
+            source = mapping.source[natural_order(mapping.width, seg.interleave)]
+            old = interleaved_position(seg.positions, seg.interleave)[source]
+            indices.append(offset + (old[:, None] * seg.block + within[None, :]).reshape(-1))
+            counts.append(np.repeat(mapping.counts[source], seg.block))
         offset += seg.size
     pattern, pattern_counts = np.concatenate(indices), np.concatenate(counts)
     if layout.outer == 1:
@@ -134,7 +158,8 @@ def element_mask(layout: Layout, marks: dict[int, np.ndarray], mappings: dict[in
         if mapping is None or flags is None:
             parts.append(np.zeros(seg.size if mapping is None else mapping.width * seg.block, bool))
         else:
-            parts.append(np.repeat(np.repeat(flags, mapping.width // len(flags)), seg.block))
+            per_position = np.repeat(flags, mapping.width // len(flags))
+            parts.append(np.repeat(per_position[natural_order(mapping.width, seg.interleave)], seg.block))
     return np.tile(np.concatenate(parts), layout.outer)
 
 

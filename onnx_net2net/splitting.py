@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import Net2NetError
-from .layout import Layout, Mapping
+from .layout import Layout, Mapping, natural_order
 
 MODES = ("equal", "random", "random-unit", "random-entry", "antithetic", "fresh")
 # The modes the CLI offers; 'random' is one of the two random variants (see RANDOM_IS).
@@ -109,8 +109,8 @@ def element_shares(layout: Layout, shares: dict[int, np.ndarray], mappings: dict
         if unit is None:
             parts.append(np.ones(seg.size))
             continue
-        positions = seg.positions // len(mappings[seg.space].counts)
-        parts.append(np.repeat(np.repeat(unit, positions), seg.block))
+        positions = np.repeat(unit, seg.positions // len(mappings[seg.space].counts))
+        parts.append(np.repeat(positions[natural_order(len(positions), seg.interleave)], seg.block))
     pattern = np.concatenate(parts)
     return np.tile(pattern, layout.outer) if layout.outer > 1 else pattern
 

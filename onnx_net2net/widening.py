@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -10,8 +11,8 @@ import onnx_graphsurgeon as gs
 from . import graph as G
 from . import splitting as S
 from .errors import Net2NetError
-from .analysis import Analysis, Effect, Family, Group
-from .layout import Mapping, axis_plan, element_mask, new_size, segment_mapping
+from .analysis import Analysis, Cells, Effect, Family, Group
+from .layout import Mapping, axis_plan, element_mask, new_size
 from .targets import NameIndex, is_pattern, parse_width
 
 
@@ -64,6 +65,9 @@ def resolve(analysis: Analysis, requests: dict[str, int | float | str] | list[tu
             if width % group.partitions:
                 raise Net2NetError(f"target '{target}' ({group.id}): width {width} must be a multiple of "
                                    f"{group.partitions} (grouped convolution)")
+            problem = cells_problem(group, width)
+            if problem:
+                raise Net2NetError(f"target '{target}' ({group.id}): width {width} {problem}")
             previous = chosen.get(group.root)
             if previous is not None and previous.new != width:
                 what = (f"target '{target}' is given twice with" if target in previous.targets else
@@ -155,19 +159,63 @@ def _lookup(target: str, index: NameIndex, groups: dict[int, Group], optional: b
 
 
 def _grouped_width(spec: int | float | str, group: Group) -> int:
+    """The requested width rounded to whole conv groups; over shuffled units, the nearest
+    larger width at which every copy can stay in its shuffled conv group."""
     wanted = parse_width(spec, group.width, "--all")
     parts = group.partitions
-    return max(parts * round(wanted / parts), group.width)
+    width = max(parts * round(wanted / parts), group.width)
+    if not group.cells or width == group.width:
+        return width
+    step = math.lcm(parts, *(c.interleave for c in group.cells), *(c.groups for c in group.cells))
+    width = -(-width // step) * step
+    for candidate in range(width, width + 64 * step, step):
+        if not cells_problem(group, candidate):
+            return candidate
+    return group.width
+
+
+def unit_classes(width: int, partitions: int, cells: tuple[Cells, ...]) -> np.ndarray | None:
+    """Each unit's class at `width`: its conv group and, for every grouped convolution that
+    reads the units shuffled, the group its shuffled position falls in. A copy must stay in
+    its source's class; None when the width does not divide into the groups."""
+    if width % partitions:
+        return None
+    labels = np.arange(width) // (width // partitions)
+    for rule in cells:
+        extra = rule.labels(width)
+        if extra is None:
+            return None
+        labels = labels * rule.groups + extra
+    return labels
+
+
+def cells_problem(group: Group, width: int) -> str | None:
+    """Why no mapping to `width` keeps every copy in its shuffled conv group, or None."""
+    if not group.cells:
+        return None
+    units = width // group.grain
+    before = unit_classes(group.units, group.partitions, group.cells)
+    after = unit_classes(units, group.partitions, group.cells)
+    step = math.lcm(group.partitions, *(c.interleave for c in group.cells), *(c.groups for c in group.cells))
+    if before is None or after is None or width % group.grain:
+        return f"must be a multiple of {step * group.grain} (grouped convolutions over shuffled channels)"
+    old, new = np.bincount(before), np.bincount(after, minlength=len(np.bincount(before)))
+    if len(new) > len(old) or np.any(new < old) or group.uniform and np.any(new != old * (units // group.units)):
+        return ("leaves some shuffled conv group with fewer channels than it has now; "
+                "choose a larger width or an integer factor")
+    return None
 
 
 def make_mapping(old: int, new: int, partitions: int, rng: np.random.Generator,
-                 uniform: bool = False) -> tuple[Mapping, np.ndarray]:
+                 uniform: bool = False, cells: tuple[Cells, ...] = ()) -> tuple[Mapping, np.ndarray]:
     """The paper's mapping: existing units keep their place, extra units copy random ones;
     uniform: the units repeat in order, so each is copied exactly new/old times.
 
     With conv groups, each group of units grows by the same amount from its own members.
     Returns the mapping and a mask of the units that are copies (where noise may go).
     """
+    if cells:
+        return _class_mapping(old, new, partitions, cells, rng, uniform)
     per_old, per_new = old // partitions, new // partitions
     sources, fresh = [], []
     for part in range(partitions):
@@ -179,6 +227,21 @@ def make_mapping(old: int, new: int, partitions: int, rng: np.random.Generator,
         fresh.append(np.ones(per_new - per_old, bool))
     source = np.concatenate(sources)
     return Mapping(source, np.bincount(source, minlength=old)), np.concatenate(fresh)
+
+
+def _class_mapping(old: int, new: int, partitions: int, cells: tuple[Cells, ...], rng: np.random.Generator,
+                   uniform: bool) -> tuple[Mapping, np.ndarray]:
+    """make_mapping where units fall in classes (see unit_classes): inside each class the
+    existing units come first, in order, and the extra ones copy members of that class."""
+    before, after = unit_classes(old, partitions, cells), unit_classes(new, partitions, cells)
+    source, fresh = np.empty(new, np.int64), np.zeros(new, bool)
+    for label in np.unique(before):
+        olds, news = np.flatnonzero(before == label), np.flatnonzero(after == label)
+        extra = len(news) - len(olds)
+        picks = np.arange(extra) % len(olds) if uniform else rng.integers(0, len(olds), extra)
+        source[news] = np.concatenate([olds, olds[picks]])
+        fresh[news[len(olds):]] = True
+    return Mapping(source, np.bincount(source, minlength=old)), fresh
 
 
 def apply(graph: gs.Graph, analysis: Analysis, widenings: list[Widening], seed: int = 0,
@@ -199,7 +262,8 @@ def apply(graph: gs.Graph, analysis: Analysis, widenings: list[Widening], seed: 
         index = int(w.group.id[1:])
         rng = np.random.default_rng([seed, index])
         mappings[w.group.root], fresh[w.group.root] = make_mapping(
-            w.group.units, w.new // w.group.grain, w.group.partitions, rng, uniform=w.group.uniform)
+            w.group.units, w.new // w.group.grain, w.group.partitions, rng, uniform=w.group.uniform,
+            cells=w.group.cells)
         w.mapping = mappings[w.group.root]
         w.shares = shares[w.group.root] = S.unit_shares(w.mapping, split, index)
     canon = {id(e): analysis.canonical(e.layout) for e in analysis.effects}
@@ -295,7 +359,8 @@ def _transform(holder: list[np.ndarray], effects: list[Effect], ctx: _Context,
         layout = ctx.canon[id(effect)]
         if effect.kind == "entry":
             values = values.copy()
-            values.reshape(-1)[effect.axis] = new_size(layout, ctx.mappings) if effect.value is None else effect.value
+            values.reshape(-1)[effect.axis] = \
+                new_size(layout, ctx.mappings) // effect.divisor if effect.value is None else effect.value
             continue
         if effect.kind == "grouped_contract":
             values = _grouped_contract(values, effect, layout, ctx, rng)
@@ -325,25 +390,22 @@ def _spread(values: np.ndarray, split: S.Split) -> float:
 
 def _grouped_contract(values: np.ndarray, effect: Effect, layout, ctx: _Context,
                       rng: np.random.Generator) -> np.ndarray:
-    """Weights (C_out, C_in/groups, k...): inside group i, new input j reads old input g(j),
-    and the replicas inside each group split its outgoing weights."""
-    (segment,) = layout.segments
-    mapping = segment_mapping(segment, ctx.mappings)
-    if mapping is None:
-        return values
+    """Weights (C_out, C_in/groups, k...): inside group i, each new input reads its source's
+    slot (mappings keep copies in their source's group, shuffled or not), and the replicas
+    inside each group split its outgoing weights."""
+    index, counts = axis_plan(layout, ctx.mappings)
+    shares = S.element_shares(layout, ctx.shares, ctx.mappings)
     groups, axis = effect.groups, effect.axis
-    per_old, per_new = segment.units // groups, mapping.width // groups
+    per_old, per_new = layout.size // groups, len(index) // groups
     c_out = values.shape[0]
     blocks = values.reshape(groups, c_out // groups, *values.shape[1:])
-    unit_shares = ctx.shares[segment.space]
     spread = _spread(values, ctx.split)
     out = []
     for part in range(groups):
-        units = slice(part * per_new, (part + 1) * per_new)
-        local = mapping.source[units] - part * per_old
-        counts = mapping.counts[mapping.source[units]]
+        new = slice(part * per_new, (part + 1) * per_new)
+        local = index[new] - part * per_old
         widened = np.take(blocks[part], local, axis=axis)
-        out.append(S.contract(widened, axis, local, counts, unit_shares[units], ctx.split, rng, spread))
+        out.append(S.contract(widened, axis, local, counts[new], shares[new], ctx.split, rng, spread))
     return np.concatenate(out, axis=0)
 
 

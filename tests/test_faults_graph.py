@@ -281,16 +281,11 @@ def test_full_range_slice_with_attributes_before_opset_10():
 
 
 @pytest.mark.parametrize("bounds,kept,reason", [
-    (_inputs([0], [15], [1]), 15, "slices the unit axis"),
-    (_inputs([1], [16], [1]), 15, "slices the unit axis"),
-    (_inputs([-1], [16], [1]), 1, "slices the unit axis"),
-    (_inputs([0], [-1], [1]), 15, "slices the unit axis"),
     (_inputs([0], [16], [1], [2]), 8, "slices the unit axis with step 2"),
     (_inputs([-1], [-INT64_MAX], [1], [-1]), 16, "slices the unit axis with step -1"),
-    ("s = Slice<starts=[0], ends=[8], axes=[1]>(r)", 8, "slices the unit axis"),
 ])
-def test_partial_or_reversed_slice_of_the_unit_axis_blocks(bounds, kept, reason):
-    model = build(HEAD.format(opset=9 if "Slice<" in bounds else 17) + f"""
+def test_strided_or_reversed_slice_of_the_unit_axis_blocks(bounds, kept, reason):
+    model = build(HEAD.format(opset=17) + f"""
     g (float[1, 3, 4, 4] x) => (float[1, 2, 4, 4] y) {{
         a = Conv(x, Wa)
         r = Relu(a)
@@ -301,6 +296,32 @@ def test_partial_or_reversed_slice_of_the_unit_axis_blocks(bounds, kept, reason)
     assert not group["widenable"] and f"(Slice): {reason}" in group["reason"]
     with pytest.raises(n2n.Net2NetError, match="cannot be widened"):
         n2n.widen(model, {"Wa": 24})
+
+
+@pytest.mark.parametrize("bounds,kept", [
+    (_inputs([0], [15], [1]), 15),
+    (_inputs([1], [16], [1]), 15),
+    (_inputs([-1], [16], [1]), 1),
+    (_inputs([0], [-1], [1]), 15),
+    (_inputs([3], [11], [1]), 8),
+    ("s = Slice<starts=[0], ends=[8], axes=[1]>(r)", 8),
+])
+def test_partial_slice_of_the_unit_axis_cuts_the_space_into_parts(bounds, kept):
+    """The slice's stretch and the rest grow on their own; the bounds follow their new sizes."""
+    model = build(HEAD.format(opset=9 if "Slice<" in bounds else 17) + f"""
+    g (float[1, 3, 4, 4] x) => (float[1, 2, 4, 4] y) {{
+        a = Conv(x, Wa)
+        r = Relu(a)
+        {bounds}
+        y = Conv(s, Wc)
+    }}""", {"Wa": (16, 3, 1, 1), "Wc": (2, kept, 1, 1)})
+    groups = [g for g in n2n.inspect(model).groups if "Conv->a" in g["producers"]]
+    assert sum(g["width"] for g in groups) == 16 and all(g["widenable"] for g in groups)
+    taken = next(g for g in groups if g["width"] == kept and g["consumers"])
+    wide = widen_checked(model, {taken["id"]: kept * 2})
+    assert initializer(wide, "Wc").shape == (2, kept * 2, 1, 1)
+    assert initializer(wide, "Wa").shape == (16 + kept, 3, 1, 1)
+    widen_checked(model, {}, widen_all="x2")
 
 
 def test_gather_and_split_of_the_unit_axis_block():

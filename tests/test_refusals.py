@@ -25,9 +25,10 @@ CASES = {
                "float[1, 3, 4, 4] y", "ReduceSum): reduces over the unit axis"),
     "graph_output": ("y = Relu(a)", "float[1, 6, 4, 4] y", "'y' is a graph output; widening would change"),
     "graph_input_join": ("s = Add(a, z)\n        y = Conv(s, Wc)", None, "joins graph input 'z'"),
-    "slice": ("st = Constant<value=int64[1] {0}>()\n        en = Constant<value=int64[1] {3}>()\n"
-              "        ax = Constant<value=int64[1] {1}>()\n        p = Slice(a, st, en, ax)\n        y = Conv(p, Wc2)",
-              None, "Slice): slices the unit axis"),
+    "slice": ("st = Constant<value=int64[1] {0}>()\n        en = Constant<value=int64[1] {6}>()\n"
+              "        ax = Constant<value=int64[1] {1}>()\n        sp = Constant<value=int64[1] {2}>()\n"
+              "        p = Slice(a, st, en, ax, sp)\n        y = Conv(p, Wc2)",
+              None, "Slice): slices the unit axis with step 2"),
     "unknown_op": ("d = DepthToSpace<blocksize=1>(a)\n        y = Conv(d, Wc)", None, "no rule for op DepthToSpace"),
     "custom_domain": ("d = com.acme.Frobnicate(a)\n        y = Conv(d, Wc)", None,
                       "no rule for op Frobnicate (domain 'com.acme')"),

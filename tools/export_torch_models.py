@@ -433,6 +433,38 @@ class ShuffleV1Unit(nn.Module):
         return F.relu(x + out)
 
 
+class ShuffleV1UnitG3(ShuffleV1Unit):
+    """The paper's unit at three groups: the bottleneck is a quarter of the output, so the
+    shuffled channels' conv groups (12 channels, 3 groups of 4) cut across the shuffle's."""
+
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        nn.Module.__init__(self)
+        self.stride, self.groups = stride, 3
+        branch = cout - cin if stride == 2 else cout
+        mid = cout // 4
+        self.gconv1 = nn.Conv2d(cin, mid, 1, groups=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(mid)
+        self.dwconv = nn.Conv2d(mid, mid, 3, stride=stride, padding=1, groups=mid, bias=False)
+        self.bn2 = nn.BatchNorm2d(mid)
+        self.gconv2 = nn.Conv2d(mid, branch, 1, groups=3, bias=False)
+        self.bn3 = nn.BatchNorm2d(branch)
+
+
+class ShuffleNetV1G3(nn.Module):
+    """Input [batch, 3, 16, 16]: stem 3->12, a stride-2 unit 12->48 (Concat of 12 pooled and
+    36 new channels), two stride-1 units (Add), fc."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = conv_bn_act(3, 12, 3, stride=2, act=nn.ReLU)
+        self.stage2 = nn.Sequential(ShuffleV1UnitG3(12, 48, 2), ShuffleV1UnitG3(48, 48, 1), ShuffleV1UnitG3(48, 48, 1))
+        self.fc = nn.Linear(48, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stage2(self.conv1(x))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
 class ShuffleNetV1(nn.Module):
     """Input [batch, 3, 16, 16]: stem 3->8, a stride-2 unit 8->16 (Concat), a stride-1 unit (Add)."""
 
@@ -482,6 +514,23 @@ class ShuffleNetV2(nn.Module):
         self.conv1 = conv_bn_act(3, 8, 3, stride=2, act=nn.ReLU)
         self.stage2 = nn.Sequential(ShuffleV2Unit(8, 16, stride=2), ShuffleV2Unit(16, 16, stride=1))
         self.conv5 = conv_bn_act(16, 32, 1, act=nn.ReLU)
+        self.fc = nn.Linear(32, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv5(self.stage2(self.conv1(x)))
+        return self.fc(x.mean([2, 3]))
+
+
+class ShuffleNetV2Deep(nn.Module):
+    """torchvision's stage layout (a stride-2 unit, then stride-1 units) at 4 units of 24
+    channels: every split of a shuffled stage halves the runs of channels that move together
+    (12, 6, 3), so the fourth unit's split falls inside one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = conv_bn_act(3, 8, 3, stride=2, act=nn.ReLU)
+        self.stage2 = nn.Sequential(ShuffleV2Unit(8, 24, stride=2), *(ShuffleV2Unit(24, 24, stride=1) for _ in range(3)))
+        self.conv5 = conv_bn_act(24, 32, 1, act=nn.ReLU)
         self.fc = nn.Linear(32, 10)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -593,6 +642,8 @@ MODELS: dict[str, tuple[type[nn.Module], tuple[int, ...], dict[int, str]]] = {
     "ghostnet": (GhostNet, (2, 3, 16, 16), {0: "batch"}),
     "shufflenet_v1": (ShuffleNetV1, (2, 3, 16, 16), {0: "batch"}),
     "shufflenet_v2": (ShuffleNetV2, (2, 3, 16, 16), {0: "batch"}),
+    "shufflenet_v1_g3": (ShuffleNetV1G3, (2, 3, 16, 16), {0: "batch"}),
+    "shufflenet_v2_deep": (ShuffleNetV2Deep, (2, 3, 16, 16), {0: "batch"}),
     "convnext": (ConvNeXt, (2, 3, 16, 16), {0: "batch"}),
     "mixer": (MLPMixer, (2, 3, 16, 16), {0: "batch"}),
 }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field, replace
+from fractions import Fraction
 
 import numpy as np
 import onnx_graphsurgeon as gs
@@ -147,7 +148,7 @@ def shape_entries(tensor: gs.Tensor) -> list[Dim | int | None] | None:
             fill = int(np.asarray(fill.values).reshape(-1)[0]) if isinstance(fill, gs.Constant) else 0
             if length is not None and len(length) == 1 and isinstance(_known(length[0]), int):
                 return [fill] * _known(length[0])
-        if op in ("Mul", "Add", "Equal", "Where"):
+        if op in ("Mul", "Add", "Sub", "Div", "Equal", "Where"):
             return _entrywise(producer)
     dims = G.shape(tensor)
     if dims is not None and len(dims) == 1 and isinstance(dims[0], int):
@@ -173,6 +174,13 @@ def _entrywise(node: gs.Node) -> list | None:
         if node.op == "Where":
             cond, yes, no = row[0], raw[1], raw[2]  # the chosen entry keeps where it was read
             out.append(None if cond is None or isinstance(cond, Dim) else (yes if cond else no))
+        elif node.op == "Div" and isinstance(raw[0], Dim) and raw[0].source is not None \
+                and isinstance(row[1], int) and row[1] > 0:
+            # a size read at runtime over a literal (channels per shuffle group): still traced
+            read = raw[0]
+            quotient = read.divide(Dim(row[1]))
+            out.append(None if quotient is None else
+                       Dim(quotient.coef, quotient.symbols, (*read.source[:2], Fraction(_scale(read)) / row[1])))
         elif node.op == "Mul" and any(isinstance(v, Dim) and v.source is not None for v in raw) \
                 and any(isinstance(v, int) for v in row):
             # a size read at runtime times a literal (heads times repeats): still traced
@@ -183,7 +191,8 @@ def _entrywise(node: gs.Node) -> list | None:
                        Dim(product.coef, product.symbols, (*read.source[:2], _scale(read) * factor)))
         elif all(isinstance(v, int) for v in row):
             a, b = row
-            out.append(a * b if node.op == "Mul" else a + b if node.op == "Add" else a == b)
+            out.append(a * b if node.op == "Mul" else a + b if node.op == "Add" else a - b if node.op == "Sub" else
+                       (a // b if b else None) if node.op == "Div" else a == b)
         elif node.op == "Equal" and any(isinstance(v, Dim) for v in row) and any(isinstance(v, int) and v < 0 for v in row):
             out.append(False)
         else:
@@ -370,25 +379,13 @@ def reshape(analysis: Analysis, node: gs.Node, ins: list[Layout | None]) -> list
     if in_dims is None or entries is None:
         analysis.block(x, node, "input or target shape is unknown")
         return [None]
-    allow_zero = int(G.attr(node, "allowzero", 0))
-    inferred = _dims(node.outputs[0])
-    out: list[Dim | None] = []
-    for i, entry in enumerate(entries):
-        if isinstance(entry, int) and entry == 0 and not allow_zero:
-            out.append(in_dims[i])
-        elif isinstance(entry, int) and entry > 0 or isinstance(entry, int) and entry == 0:
-            out.append(Dim(entry))
-        elif isinstance(entry, Dim):
-            out.append(entry)
-        else:
-            out.append(inferred[i] if inferred and len(inferred) == len(entries) and inferred[i].known else None)
-    if sum(o is None for o in out) == 1:
-        hole = out.index(None)
-        rest = _product([o for o in out if o is not None])
-        out[hole] = _product(in_dims).divide(rest)
-    if any(o is None for o in out):
+    out = _target_dims(node, in_dims, entries)
+    if out is None:
         analysis.block(x, node, "target shape cannot be resolved")
         return [None]
+    shuffled = _channel_shuffle(analysis, node, x, in_dims, entries, out)
+    if shuffled is not None:
+        return shuffled
     found = _merged_axis(in_dims, out, x)
     split = None if found is not None else _split_axis(in_dims, out, x)
     if found is None and split is None:
@@ -418,6 +415,109 @@ def reshape(analysis: Analysis, node: gs.Node, ins: list[Layout | None]) -> list
     if split is not None and segment.per != x.segments[0].per:
         analysis.coarsen(segment.space, segment.per)
     return [layout]
+
+
+def _target_dims(node: gs.Node, in_dims: list[Dim], entries: list) -> list[Dim] | None:
+    """A Reshape's output dims from its target entries (0 copies, one -1 or unknown entry is
+    what the others leave), or None when they cannot be resolved."""
+    allow_zero = int(G.attr(node, "allowzero", 0))
+    inferred = _dims(node.outputs[0])
+    out: list[Dim | None] = []
+    for i, entry in enumerate(entries):
+        if isinstance(entry, int) and entry == 0 and not allow_zero:
+            out.append(in_dims[i] if i < len(in_dims) else None)
+        elif isinstance(entry, int) and entry >= 0:
+            out.append(Dim(entry))
+        elif isinstance(entry, Dim):
+            out.append(entry)
+        else:
+            out.append(inferred[i] if inferred and len(inferred) == len(entries) and inferred[i].known else None)
+    if sum(o is None for o in out) == 1:
+        hole = out.index(None)
+        rest = _product([o for o in out if o is not None])
+        out[hole] = _product(in_dims).divide(rest)
+    return None if any(o is None for o in out) else out
+
+
+def _channel_shuffle(analysis: Analysis, node: gs.Node, x: Layout, in_dims: list[Dim], entries: list,
+                     out: list[Dim]) -> list[Layout | None] | None:
+    """ShuffleNet's channel shuffle, `[.., g*c, ..] -> [.., g, c, ..]`, a Transpose swapping
+    the two, and a Reshape merging them back: a fixed permutation of the units, whatever shapes
+    spell it (constants, runtime sizes, -1). The result's layout is set on the last Reshape's
+    output; the two intermediates must feed only the next step. None: not this pattern."""
+    a = x.axis
+    if len(out) != x.rank + 1 or not (out[a].known and out[a + 1].known) or out[a].coef < 2 \
+            or out[a].coef * out[a + 1].coef != x.size or _product(out[:a]) != _product(in_dims[:a]):
+        return None
+    swap = list(range(x.rank + 1))
+    swap[a], swap[a + 1] = a + 1, a
+    steps = _only_consumers(analysis, node.outputs[0], 2)
+    if steps is None or steps[0].op != "Transpose" or list(G.attr(steps[0], "perm") or []) != swap \
+            or steps[1].op != "Reshape" or not G.is_default_domain(steps[1]) or steps[1].inputs[0] is not steps[0].outputs[0]:
+        return None
+    back = steps[1]
+    back_entries = shape_entries(back.inputs[1])
+    moved = [out[i] for i in swap]
+    back_out = None if back_entries is None else _target_dims(back, moved, back_entries)
+    if back_out is None or len(back_out) != x.rank or back_out[a] != Dim(x.size) \
+            or _product(back_out[:a]) != _product(in_dims[:a]):
+        return None
+    g = out[a].coef
+    if any(isinstance(t, gs.Variable) and analysis.layouts.get(t.name) for t in (node.inputs[1], back.inputs[1])):
+        analysis.block(x, node, "channel shuffle with shapes computed from widened activations")
+        return [None]
+    shuffled = analysis.interleave(x, g, node)
+    if shuffled is None:
+        return [None]
+    if not _fixed_entry(analysis, node, entries, a, x, 1) \
+            or not _size_entry(analysis, node, entries, a + 1, shuffled, x, Fraction(1, g), divisor=g) \
+            or not _size_entry(analysis, back, back_entries, a, shuffled, x, 1):
+        return [None]
+    analysis.layouts[back.outputs[0].name] = shuffled
+    return [None]
+
+
+def _only_consumers(analysis: Analysis, tensor: gs.Tensor, steps: int) -> list[gs.Node] | None:
+    """The chain of `steps` nodes each reading the previous one's only output, alone."""
+    chain = []
+    for _ in range(steps):
+        if len(tensor.outputs) != 1 or tensor in analysis.graph.outputs:
+            return None
+        chain.append(tensor.outputs[0])
+        if len(chain[-1].outputs) != 1:
+            return None
+        tensor = chain[-1].outputs[0]
+    return chain
+
+
+def _fixed_entry(analysis: Analysis, node: gs.Node, entries: list, index: int, x: Layout, value: int) -> bool:
+    """A shape entry that must keep its value (a shuffle's group count): a literal or -1."""
+    entry = entries[index]
+    if isinstance(entry, int) or isinstance(entry, Dim) and entry.known and entry.source is None:
+        return True
+    analysis.block(x, node, "a channel shuffle's group count is computed at runtime")
+    return False
+
+
+def _size_entry(analysis: Analysis, node: gs.Node, entries: list, index: int, layout: Layout, x: Layout,
+                scale, divisor: int = 1) -> bool:
+    """Shape entry `index` must become the layout's new size over `divisor`: a literal is
+    rewritten where it is written, -1 needs nothing, a size read from the units' own tensor
+    (times `scale`) follows by itself; anything else blocks."""
+    entry = entries[index]
+    if isinstance(entry, int) and entry == -1:
+        return True
+    if isinstance(entry, int) and entry > 0:
+        origin = (node, 1, index) if G.is_constant(node.inputs[1]) else entry_origin(analysis, node, 1, index)
+        if origin is None:
+            analysis.block(x, node, "the unit axis's size is baked into a shape computed at runtime")
+            return False
+        analysis.effect("entry", *origin, layout, divisor=divisor)
+        return True
+    if isinstance(entry, Dim) and _follows(analysis, entry, x, scale):
+        return True
+    analysis.block(x, node, "the unit axis's size comes from a runtime shape that does not follow the units")
+    return False
 
 
 def _split_axis(in_dims: list[Dim], out: list[Dim], x: Layout) -> tuple[int, Segment] | None:
@@ -491,7 +591,7 @@ def concat(analysis: Analysis, node: gs.Node, ins: list[Layout | None]) -> list[
             if x is not None:
                 segments.extend(x.segments)
                 continue
-            size = int(tensor.shape[axis]) if G.is_constant(tensor) else G.dim(tensor, axis)
+            size = int(tensor.shape[axis]) if G.is_constant(tensor) else static_dim(tensor, axis)
             if not isinstance(size, int):
                 analysis.block(present, node, f"size of '{tensor.name}' along the concat axis is unknown")
                 return [None]
@@ -559,18 +659,20 @@ def split(analysis: Analysis, node: gs.Node, ins: list[Layout | None]) -> list[L
     if (axis + x.rank if axis < 0 else axis) != x.axis:
         return [x] * len(node.outputs)
     from_input = len(node.inputs) > 1 and not G.is_empty(node.inputs[1])
-    sizes = G.constant(node.inputs[1]) if from_input else G.attr(node, "split")
+    sizes = _bound_values(node, 1) if from_input else G.attr(node, "split")
     if from_input and sizes is None:
         analysis.block(x, node, "split sizes are computed at runtime")
         return [None] * len(node.outputs)
+    if from_input and not G.is_constant(node.inputs[1]):  # static sizes computed at runtime: now literals
+        node.inputs[1] = gs.Constant(f"{node.outputs[0].name}__n2n_split", sizes.astype(np.int64))
     count = len(node.outputs)
     sizes = [int(v) for v in np.asarray(sizes).reshape(-1)] if sizes is not None else \
         ([x.size // count] * count if x.size % count == 0 else None)
     if sizes is None or len(sizes) != count:
         analysis.block(x, node, "splits the unit axis unevenly")
         return [None] * len(node.outputs)
-    parts = analysis.refine(x, sizes, node)
-    if parts is None:
+    outs = analysis.parts(x, sizes, node)
+    if outs is None:
         return [None] * len(node.outputs)
     if not from_input and G.attr(node, "split") is None:
         # Parts may grow by different amounts: state the sizes instead of an even split.
@@ -580,7 +682,6 @@ def split(analysis: Analysis, node: gs.Node, ins: list[Layout | None]) -> list[L
             from_input = True
         else:
             node.attrs["split"] = list(sizes)
-    outs = [Layout(x.axis, x.rank, (part,)) for part in parts]
     for index, out in enumerate(outs):
         if from_input:
             analysis.effect("entry", node, 1, index, out)
@@ -596,9 +697,11 @@ _OPEN_END = 2**31 - 1
 
 @register("Slice")
 def slice_(analysis: Analysis, node: gs.Node, ins: list[Layout | None]) -> list[Layout | None]:
-    """A slice that takes the whole unit axis with step 1 passes the units through; its bounds
-    are rewritten so that it keeps taking the whole axis once it grows. Any other slice of the
-    unit axis splits units apart or reverses them, and blocks."""
+    """A slice of another axis passes the units through. A slice of the unit axis with step 1
+    takes a part of it: the whole axis (its bounds are rewritten to keep taking all of it) or
+    a stretch whose ends fall between units that can grow apart (ShuffleNet v2's halves), which
+    refines the space; the bounds are rewritten to the parts' new sizes. Bounds computed at
+    runtime from static sizes are replaced by their values first."""
     x = ins[0]
     if x is None or any(ins[1:]):
         analysis.block(ins, node, "slice bounds computed from widened activations")
@@ -608,8 +711,8 @@ def slice_(analysis: Analysis, node: gs.Node, ins: list[Layout | None]) -> list[
         starts, ends = list(G.attr(node, "starts") or []), list(G.attr(node, "ends") or [])
         axes, steps = list(G.attr(node, "axes") or range(len(starts))), [1] * len(starts)
     else:
-        values = [G.constant(t) if not G.is_empty(t) else None for t in node.inputs[1:5]] + [None] * 4
-        starts, ends, axes, steps = values[:4]
+        values = [_bound_values(node, slot) for slot in range(1, 5)]
+        starts, ends, axes, steps = values
         given_axes = len(node.inputs) > 3 and not G.is_empty(node.inputs[3])
         if axes is None and not given_axes:
             count = G.dim(node.inputs[1], 0) if starts is None else starts.size
@@ -626,21 +729,86 @@ def slice_(analysis: Analysis, node: gs.Node, ins: list[Layout | None]) -> list[
     for i, (a, start, end, step) in enumerate(zip(axes, starts, ends, steps)):
         if (int(a) + x.rank if int(a) < 0 else int(a)) != x.axis:
             continue
-        whole = step == 1 and (start == 0 or start <= -x.size) and end >= x.size
-        if not whole:
-            analysis.block(x, node, "slices the unit axis" if step == 1 else f"slices the unit axis with step {step}")
+        if step != 1:
+            analysis.block(x, node, f"slices the unit axis with step {step}")
             return [None]
-        if legacy:
-            if start < 0:
-                analysis.effect("attr_entry", node, 0, i, x, attr="starts", value=0)
-            if end < _OPEN_END:
-                analysis.effect("attr_entry", node, 0, i, x, attr="ends")
-        else:
-            if start < 0:
-                analysis.effect("entry", node, 1, i, x, value=0)
-            if end < _OPEN_END:
-                analysis.effect("entry", node, 2, i, x)
+        first = max(0, min(x.size, start + x.size if start < 0 else start))
+        last = max(first, min(x.size, end + x.size if end < 0 else end))
+        if first == 0 and last == x.size:
+            _own_bounds(node, legacy, i, starts, ends)
+            return [_take_whole(analysis, node, x, i, start, end, legacy)]
+        _own_bounds(node, legacy, i, starts, ends, first, last)
+        return [_take_part(analysis, node, x, i, first, last, legacy)]
     return [x]
+
+
+def _own_bounds(node: gs.Node, legacy: bool, i: int, starts: list[int], ends: list[int],
+                first: int | None = None, last: int | None = None) -> None:
+    """Give the Slice its own literal bounds (computed ones were static sizes; shared ones may
+    be rewritten for this slice alone), counted from the start of the unit axis when it takes
+    a part of it, so that they stay right whichever parts grow."""
+    starts, ends = list(starts), list(ends)
+    if first is not None:
+        starts[i], ends[i] = first, last
+    if legacy:
+        if first is not None:
+            node.attrs["starts"], node.attrs["ends"] = starts, ends
+        return
+    for slot, values in ((1, starts), (2, ends)):
+        if first is not None or not G.is_constant(node.inputs[slot]):
+            node.inputs[slot] = gs.Constant(f"{node.outputs[0].name}__n2n_bound{slot}", np.array(values, np.int64))
+
+
+def _bound_values(node: gs.Node, slot: int) -> np.ndarray | None:
+    """A Slice's starts/ends/axes/steps input: a constant, or sizes traced to known values."""
+    if len(node.inputs) <= slot or G.is_empty(node.inputs[slot]):
+        return None
+    value = G.constant(node.inputs[slot])
+    if value is not None or slot > 2:
+        return value
+    entries = shape_entries(node.inputs[slot])
+    known = None if entries is None else [_known(e) for e in entries]
+    if known is None or not all(isinstance(v, int) and not isinstance(v, bool) for v in known):
+        return None
+    return np.array(known, dtype=np.int64)
+
+
+def _take_whole(analysis: Analysis, node: gs.Node, x: Layout, i: int, start: int, end: int,
+                legacy: bool) -> Layout:
+    if legacy:
+        if start < 0:
+            analysis.effect("attr_entry", node, 0, i, x, attr="starts", value=0)
+        if end < _OPEN_END:
+            analysis.effect("attr_entry", node, 0, i, x, attr="ends")
+    else:
+        if start < 0:
+            analysis.effect("entry", node, 1, i, x, value=0)
+        if end < _OPEN_END:
+            analysis.effect("entry", node, 2, i, x)
+    return x
+
+
+def _take_part(analysis: Analysis, node: gs.Node, x: Layout, i: int, first: int, last: int,
+               legacy: bool) -> Layout | None:
+    """Slice [first, last) of the unit axis: the space is cut there; the bounds become the new
+    sizes of what precedes each end."""
+    if first == last:
+        analysis.block(x, node, "slices the unit axis to nothing")
+        return None
+    sizes = [size for size in (first, last - first, x.size - last) if size]
+    parts = analysis.parts(x, sizes, node)
+    if parts is None:
+        return None
+    before = parts[0] if first else None
+    taken = parts[1] if first else parts[0]
+    upto = Layout(x.axis, x.rank, (before.segments if before else ()) + taken.segments)
+    bounds = ([(0, before)] if first else []) + [(1, upto)]
+    for which, layout in bounds:
+        if legacy:
+            analysis.effect("attr_entry", node, 0, i, layout, attr=("starts", "ends")[which])
+        else:
+            analysis.effect("entry", node, 1 + which, i, layout)
+    return taken
 
 
 @register("Gather", producer=True)

@@ -1,0 +1,178 @@
+"""Channel shuffles (ShuffleNet v1 and v2) on hand-built graphs, in every spelling exporters use.
+
+A shuffle is Reshape `[.., g*c, ..] -> [.., g, c, ..]`, a Transpose swapping the two, and a
+Reshape back. Over one space (v1) the units are read interleaved, and a grouped convolution
+reading them keeps each copy in the conv group its shuffled position falls in; over a
+concatenation (v2) the parts are joined position for position. Every rewrite is checked in
+onnxruntime against the original.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import onnx_net2net as n2n
+from helpers import build, group_of, initializer, widen_checked
+
+HEAD = '<ir_version: 8, opset_import: ["" : 17]>'
+
+# How the shuffle's two target shapes are written: literals, -1 for the batch, or computed at
+# runtime from the tensor's own shape (torch's legacy exporter: Shape, Gather, Div, Concat).
+SPELLINGS = {
+    "literal": ("""
+        s1 = Constant<value=int64[5] {1, 3, 4, 5, 5}>()
+        s2 = Constant<value=int64[4] {1, 12, 5, 5}>()""", "r"),
+    "minus_one": ("""
+        s1 = Constant<value=int64[5] {-1, 3, 4, 5, 5}>()
+        s2 = Constant<value=int64[4] {-1, 12, 5, 5}>()""", "r"),
+    "runtime": ("""
+        shape = Shape(r)
+        i0 = Constant<value=int64 {0}>()
+        i1 = Constant<value=int64 {1}>()
+        i2 = Constant<value=int64 {2}>()
+        i3 = Constant<value=int64 {3}>()
+        groups = Constant<value=int64 {3}>()
+        axes = Constant<value=int64[1] {0}>()
+        n = Gather<axis=0>(shape, i0)
+        c = Gather<axis=0>(shape, i1)
+        h = Gather<axis=0>(shape, i2)
+        w = Gather<axis=0>(shape, i3)
+        per = Div(c, groups)
+        n1 = Unsqueeze(n, axes)
+        c1 = Unsqueeze(c, axes)
+        per1 = Unsqueeze(per, axes)
+        h1 = Unsqueeze(h, axes)
+        w1 = Unsqueeze(w, axes)
+        g1 = Constant<value=int64[1] {3}>()
+        s1 = Concat<axis=0>(n1, g1, per1, h1, w1)
+        s2 = Concat<axis=0>(n1, c1, h1, w1)""", "r"),
+}
+
+
+def _v1(spelling: str) -> "onnx.ModelProto":
+    """ShuffleNet v1's unit: grouped 1x1 (3 groups, 6 -> 12), shuffle by 3, depthwise 3x3,
+    grouped 1x1 (3 groups, 12 -> 6). The second conv's groups (4 shuffled channels each) cut
+    across the shuffle's, so copies must stay in both."""
+    shapes, _ = SPELLINGS[spelling]
+    return build(HEAD + f"""
+    g (float[1, 6, 5, 5] x) => (float[1, 6, 5, 5] y) {{
+        a = Conv<group=3>(x, Wa, Ba)
+        r = Relu(a)
+        {shapes}
+        v = Reshape(r, s1)
+        t = Transpose<perm=[0, 2, 1, 3, 4]>(v)
+        u = Reshape(t, s2)
+        d = Conv<group=12, pads=[1, 1, 1, 1]>(u, Wd, Bd)
+        y = Conv<group=3>(d, Wc)
+    }}""", {"Wa": (12, 2, 1, 1), "Ba": (12,), "Wd": (12, 1, 3, 3), "Bd": (12,), "Wc": (6, 4, 1, 1)})
+
+
+@pytest.mark.parametrize("spelling", sorted(SPELLINGS))
+def test_shuffled_units_widen_in_every_spelling(spelling):
+    model = _v1(spelling)
+    group = group_of(model, "Conv->a")
+    assert group["widenable"], group["reason"]
+    for factor in ("x2", "x1.5"):
+        wide = widen_checked(model, {"Conv->a": factor})
+    wide = widen_checked(model, {"Conv->a": 24})
+    assert initializer(wide, "Wc").shape == (6, 8, 1, 1) and initializer(wide, "Wd").shape == (24, 1, 3, 3)
+    if spelling != "runtime":
+        assert initializer(wide, "s1").tolist()[2] == 8 and initializer(wide, "s2").tolist()[1] == 24
+
+
+def test_copies_stay_in_the_conv_group_their_shuffled_position_falls_in():
+    """At every width the tool accepts, the rewrite is exact; widths that would put a copy in
+    another conv group than its source are refused with the reason."""
+    model = _v1("literal")
+    accepted = 0
+    for width in range(15, 37, 3):
+        try:
+            widen_checked(model, {"Conv->a": width})
+            accepted += 1
+        except n2n.Net2NetError as error:
+            assert "shuffled" in str(error), error
+    assert accepted >= 4
+
+
+def test_widths_that_split_the_shuffle_unevenly_are_refused():
+    with pytest.raises(n2n.Net2NetError, match="multiple of 3"):
+        n2n.widen(_v1("literal"), {"Conv->a": 13})
+
+
+def test_channels_last_shuffle_on_the_last_axis():
+    """TensorFlow's spelling: units on the last axis, Reshape to [.., g, c], perm swapping them."""
+    model = build(HEAD + """
+    g (float[2, 4, 4, 6] x) => (float[2, 4, 4, 5] y) {
+        a = MatMul(x, W1)
+        r = Relu(a)
+        s1 = Constant<value=int64[5] {2, 4, 4, 3, 4}>()
+        s2 = Constant<value=int64[4] {2, 4, 4, 12}>()
+        v = Reshape(r, s1)
+        t = Transpose<perm=[0, 1, 2, 4, 3]>(v)
+        u = Reshape(t, s2)
+        y = MatMul(u, W2)
+    }""", {"W1": np.random.default_rng(1).standard_normal((6, 12)).astype(np.float32),
+           "W2": np.random.default_rng(2).standard_normal((12, 5)).astype(np.float32)})
+    wide = widen_checked(model, {"MatMul->a": "x2"})
+    assert initializer(wide, "W2").shape == (24, 5)
+    widen_checked(model, {"MatMul->a": 21})  # any multiple of the 3 shuffle groups
+
+
+def _v2() -> "onnx.ModelProto":
+    """ShuffleNet v2: two branches concatenated and shuffled by 2; the next unit splits the
+    result in halves (one passes, one is transformed), concatenates and shuffles again."""
+    return build(HEAD + """
+    g (float[1, 4, 5, 5] x) => (float[1, 3, 5, 5] y) {
+        a = Conv(x, Wa)
+        ra = Relu(a)
+        b = Conv(x, Wb)
+        rb = Relu(b)
+        cat = Concat<axis=1>(ra, rb)
+        s1 = Constant<value=int64[5] {1, 2, 12, 5, 5}>()
+        s2 = Constant<value=int64[4] {1, 24, 5, 5}>()
+        v = Reshape(cat, s1)
+        t = Transpose<perm=[0, 2, 1, 3, 4]>(v)
+        z = Reshape(t, s2)
+        halves = Constant<value=int64[2] {12, 12}>()
+        p, q = Split<axis=1>(z, halves)
+        c = Conv(q, Wc)
+        rc = Relu(c)
+        cat2 = Concat<axis=1>(p, rc)
+        v2 = Reshape(cat2, s1)
+        t2 = Transpose<perm=[0, 2, 1, 3, 4]>(v2)
+        z2 = Reshape(t2, s2)
+        y = Conv(z2, Wd)
+    }""", {"Wa": (12, 4, 1, 1), "Wb": (12, 4, 1, 1), "Wc": (12, 12, 1, 1), "Wd": (3, 24, 1, 1)})
+
+
+def test_shuffled_concatenation_split_in_halves():
+    model = _v2()
+    groups = [g for g in n2n.inspect(model).groups if "Conv->y" not in g["producers"]]
+    assert len(groups) == 2 and all(g["widenable"] for g in groups), [g["reason"] for g in groups]
+    for factor in ("x2", "x1.5", "x3"):
+        widen_checked(model, {}, widen_all=factor)
+    for group in groups:
+        widen_checked(model, {group["id"]: "x2"})
+
+
+def test_a_shuffle_whose_middle_is_read_elsewhere_is_never_wrong():
+    """With the reshaped tensor also read by another node the pattern does not apply; whatever
+    the analysis concludes, every widening it allows must be exact."""
+    model = build(HEAD + """
+    g (float[1, 6, 5, 5] x) => (float[1, 6, 5, 5] y, float[1, 3, 4, 5, 5] side) {
+        a = Conv<group=3>(x, Wa)
+        r = Relu(a)
+        s1 = Constant<value=int64[5] {1, 3, 4, 5, 5}>()
+        s2 = Constant<value=int64[4] {1, 12, 5, 5}>()
+        v = Reshape(r, s1)
+        side = Relu(v)
+        t = Transpose<perm=[0, 2, 1, 3, 4]>(v)
+        u = Reshape(t, s2)
+        y = Conv<group=3>(u, Wc)
+    }""", {"Wa": (12, 2, 1, 1), "Wc": (6, 4, 1, 1)})
+    group = group_of(model, "Conv->a")
+    if group["widenable"]:
+        widen_checked(model, {"Conv->a": "x2"})
+    else:
+        assert group["reason"]
