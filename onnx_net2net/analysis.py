@@ -14,7 +14,8 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from . import graph as G
-from .layout import Layout, Segment, interleaved_position
+from .cells import Cells
+from .layout import Layout, Segment
 
 
 class Family(enum.Flag):
@@ -55,23 +56,6 @@ class Effect:
     divisor: int = 1  # a channel shuffle's chunk size: the new size over the chunk count
 
 
-@dataclass(frozen=True)
-class Cells:
-    """A grouped convolution reading shuffled units: over `width` units, cut into `interleave`
-    chunks and interleaved, conv group k reads positions [k*width/groups, (k+1)*width/groups).
-    Each copy must land in its source's (chunk, conv group) cell, at any width."""
-
-    interleave: int
-    groups: int
-    width: int
-
-    def labels(self, width: int) -> np.ndarray | None:
-        """Each natural unit's conv group at `width`; None when the width does not divide."""
-        if width % self.interleave or width % self.groups:
-            return None
-        return interleaved_position(width, self.interleave) // (width // self.groups)
-
-
 @dataclass
 class Producer:
     node: gs.Node
@@ -95,7 +79,8 @@ class Group:
     limits: list[str] | None = None  # why some families were ruled out
     units: int = 0  # what the mapping moves: `width` units, or fewer runs of them (heads)
     kind: str = "units"  # hidden, heads, ffn, channels: a label users may target
-    cells: tuple[Cells, ...] = ()  # grouped convolutions over its shuffled units
+    cells: tuple[Cells, ...] = ()  # grouped convolutions reading its units off their chunks
+    tied: list[str] | None = None  # groups those convolutions also read: widths chosen together
 
     @property
     def grain(self) -> int:
@@ -171,14 +156,18 @@ class Analysis:
         family, limits, reasons = self.family(root), self.limits(root), self.reasons(root)
         producers = {p.space: p for p in self.producers}
         by_part: list[list[int]] = [[] for _ in cuts]
+        aligned = partitions == 1 or all(cut % (units // partitions) == 0 for cut in cuts)
         for member in members:
             grain = self._widths[member] // units
             parts = []
             for index, cut in enumerate(cuts):
-                child = self.new_space(producers[member].node, cut * grain, max(1, partitions * cut // units))
+                child = self.new_space(producers[member].node, cut * grain,
+                                       max(1, partitions * cut // units) if aligned else 1)
                 parts.append(Segment(child, cut * grain))
                 by_part[index].append(child)
             self._children[member] = parts
+            if not aligned:  # the conv groups the member's units belong to straddle the cuts
+                self._read_across(Layout(0, 1, tuple(parts)), partitions)
         self.producers = [p for p in self.producers if p.space not in members]
         for children, cut in zip(by_part, cuts):
             for child in children[1:]:
@@ -227,8 +216,8 @@ class Analysis:
         if not run or any(size % run for size in sizes):
             return f"a cut falls inside a run of {run or seg.size} elements that moves as one"
         cuts = [size // run for size in sizes]
-        if any(cut == 0 or partitions > 1 and cut % (units // partitions) for cut in cuts):
-            return f"a part would not hold whole conv groups ({partitions})"
+        if any(cut == 0 for cut in cuts):
+            return "a part would be empty"
         return cuts
 
     def _refined_like(self, layout: Layout, target: Layout, node: gs.Node) -> Layout:
@@ -376,13 +365,7 @@ class Analysis:
         if seg.interleave == 1:
             self._partitions[root] = math.lcm(self._partitions[root], partitions)
             return True
-        if seg.per != 1 or seg.units % partitions:
-            self.block(layout, node, f"grouped convolution (group={partitions}) over shuffled units that do not "
-                       "divide into its groups")
-            return False
-        cells = Cells(seg.interleave, partitions, seg.units)
-        if cells not in self._cells.setdefault(root, []):
-            self._cells[root].append(cells)
+        self._read_across(layout, partitions)
         return True
 
     def _grouped_over_parts(self, layout: Layout, partitions: int, node: gs.Node) -> bool:
@@ -407,12 +390,21 @@ class Analysis:
         pieces = self._chunks(layout, partitions)
         if pieces is None or any(_matching_segments(pieces[0], p) is None for p in pieces[1:]) \
                 or any(s.block != 1 or s.per != 1 for p in pieces for s in p.segments):
-            self.block(layout, node, f"{what} whose groups do not hold whole, matching parts")
-            return False
+            self._read_across(layout, partitions)  # each part's copies stay in their conv group
+            return True
         for piece in pieces[1:]:
             for a, b in zip(pieces[0].segments, piece.segments):
                 self._union(a.space, b.space)
         return True
+
+    def _read_across(self, layout: Layout, groups: int) -> None:
+        """A grouped convolution reads these units off its chunk boundaries: record, for every
+        space on the axis, that copies must stay in their conv group (see cells.py)."""
+        rule = Cells(layout, groups)
+        for space in layout.spaces:
+            rules = self._cells.setdefault(self.find(space), [])
+            if rule not in rules:
+                rules.append(rule)
 
     def _chunks(self, layout: Layout, count: int) -> list[Layout] | None:
         """The layout as `count` equal chunks of whole segments, or None."""

@@ -74,7 +74,8 @@ def _group_json(group) -> dict:
             "widenable": group.widenable, "reason": group.reason, "reasons": list(group.reasons),
             "producers": [G.label(n) for n in group.producers], "weights": group.weights,
             "consumers": [G.label(n) for n in group.consumers],
-            "family": "uniform" if group.uniform else "random", "limits": group.limits or []}
+            "family": "uniform" if group.uniform else "random", "limits": group.limits or [],
+            "tied": list(group.tied or [])}
 
 
 def inspect(source: str | os.PathLike[str] | onnx.ModelProto) -> Inspection:

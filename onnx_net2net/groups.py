@@ -11,6 +11,7 @@ import onnx_graphsurgeon as gs
 
 from . import graph as G
 from .analysis import Analysis, Group, Producer
+from .cells import Cells
 from .rules import PRODUCER_OPS, rule_for
 
 
@@ -67,14 +68,22 @@ def _close_groups(analysis: Analysis) -> None:
         group = Group(id=f"g{index}", root=root, width=producers[0].width, partitions=analysis.partitions(root),
                       producers=nodes, reasons=list(analysis.reasons(root)), weights=weights,
                       consumers=consumers, family=analysis.family(root), limits=analysis.limits(root),
-                      units=analysis.units(root), cells=analysis.cells(root))
+                      units=analysis.units(root), cells=_cells_of(analysis, root))
         group.kind = _kind(group)
         analysis.groups.append(group)
+    ids = {g.root: g.id for g in analysis.groups}
+    for group in analysis.groups:
+        group.tied = sorted({ids[r] for rule in group.cells for r in rule.layout.spaces if r != group.root},
+                            key=lambda i: int(i[1:]))
     for group in analysis.groups:
         if group.units % group.partitions:
             group.reasons.append(f"{group.units} units are not divisible into {group.partitions} conv groups")
-        if any(cells.width != group.units for cells in group.cells):
-            group.reasons.append("a grouped convolution reads these units shuffled, and they move in runs")
+
+
+def _cells_of(analysis: Analysis, root: int) -> tuple[Cells, ...]:
+    """The grouped convolutions reading the group's units off their chunks, over group roots."""
+    rules = (Cells(analysis.canonical(rule.layout), rule.groups) for rule in analysis.cells(root))
+    return tuple(dict.fromkeys(rule for rule in rules if root in rule.layout.spaces))
 
 
 def _kind(group: Group) -> str:

@@ -44,6 +44,11 @@ def format_groups(inspection) -> str:
     text = head + "\n" + _table(rows, ["group", "kind", "width", "widen", "producers", "consumers", "blocked by"])
     if any(g["family"] == "uniform" and g["widenable"] for g in groups):
         text += "\n'whole x': normalized over its units, so it widens by integer factors only (x2, x3)"
+    tied = {tuple(sorted([g["id"], *g["tied"]], key=lambda i: int(i[1:]))): None
+            for g in groups if g["widenable"] and g.get("tied")}
+    if tied:
+        text += ("\nread across by grouped convolutions, so widened by one factor together: "
+                 + "; ".join(", ".join(ids) for ids in tied))
     if inspection.deepen:
         points = [[p["target"], p["op"], p["activation"] or "-", "yes" if p["exact"] else "residual only",
                    p["reason"] or ""] for p in inspection.deepen]

@@ -11,7 +11,9 @@ import onnx_graphsurgeon as gs
 from . import graph as G
 from . import splitting as S
 from .errors import Net2NetError
-from .analysis import Analysis, Cells, Effect, Family, Group
+from . import cells as C
+from .analysis import Analysis, Effect, Family, Group
+from .cells import Cells
 from .layout import Mapping, axis_plan, element_mask, new_size
 from .targets import NameIndex, is_pattern, parse_width
 
@@ -65,9 +67,6 @@ def resolve(analysis: Analysis, requests: dict[str, int | float | str] | list[tu
             if width % group.partitions:
                 raise Net2NetError(f"target '{target}' ({group.id}): width {width} must be a multiple of "
                                    f"{group.partitions} (grouped convolution)")
-            problem = cells_problem(group, width)
-            if problem:
-                raise Net2NetError(f"target '{target}' ({group.id}): width {width} {problem}")
             previous = chosen.get(group.root)
             if previous is not None and previous.new != width:
                 what = (f"target '{target}' is given twice with" if target in previous.targets else
@@ -87,7 +86,39 @@ def resolve(analysis: Analysis, requests: dict[str, int | float | str] | list[tu
                 continue  # reported by `skipped_by_all`
             if width > group.width:
                 chosen[group.root] = Widening(group, group.width, width, ["all"])
+    _settle_cells(analysis, chosen)
     return sorted(chosen.values(), key=lambda w: int(w.group.id[1:]))
+
+
+def unit_counts(analysis: Analysis, widenings) -> tuple[dict[int, int], dict[int, int]]:
+    """Mapped units per group root before and after the widenings."""
+    before = {g.root: g.units for g in analysis.groups}
+    after = dict(before)
+    for w in widenings:
+        after[w.group.root] = w.new // w.group.grain
+    return before, after
+
+
+def _settle_cells(analysis: Analysis, chosen: dict[int, Widening]) -> None:
+    """Grouped convolutions reading channels of several groups (or shuffled ones) need every
+    copy to stay in its conv group at the new widths of all of them. A group `--all` would
+    break that is left as it is (repeatedly, as leaving one changes the others); a target
+    that breaks it is refused with the reason."""
+    while True:
+        before, after = unit_counts(analysis, chosen.values())
+        failing = [(g, why) for g in analysis.groups if g.cells and g.widenable
+                   and (why := C.problem(g.root, before, after, g.partitions, g.cells, g.uniform))]
+        if not failing:
+            return
+        dropped = [g.root for g, _ in failing if g.root in chosen and chosen[g.root].targets == ["all"]]
+        if not dropped:
+            group, why = failing[0]
+            names = ", ".join(f"'{t}'" for w in chosen.values() for t in w.targets if t != "all") or "--all"
+            raise Net2NetError(f"{names}: at the widths asked for, {group.id} (width {after[group.root] * group.grain}) "
+                               f"{why}; choose widths that keep each group's channels in their conv groups, "
+                               "e.g. one integer factor for all (--all x2)")
+        for root in dropped:
+            chosen.pop(root)
 
 
 def _width_for(spec: int | float | str, group: Group, where: str) -> int:
@@ -163,59 +194,23 @@ def _grouped_width(spec: int | float | str, group: Group) -> int:
     larger width at which every copy can stay in its shuffled conv group."""
     wanted = parse_width(spec, group.width, "--all")
     parts = group.partitions
-    width = max(parts * round(wanted / parts), group.width)
-    if not group.cells or width == group.width:
-        return width
-    step = math.lcm(parts, *(c.interleave for c in group.cells), *(c.groups for c in group.cells))
-    width = -(-width // step) * step
-    for candidate in range(width, width + 64 * step, step):
-        if not cells_problem(group, candidate):
-            return candidate
-    return group.width
-
-
-def unit_classes(width: int, partitions: int, cells: tuple[Cells, ...]) -> np.ndarray | None:
-    """Each unit's class at `width`: its conv group and, for every grouped convolution that
-    reads the units shuffled, the group its shuffled position falls in. A copy must stay in
-    its source's class; None when the width does not divide into the groups."""
-    if width % partitions:
-        return None
-    labels = np.arange(width) // (width // partitions)
-    for rule in cells:
-        extra = rule.labels(width)
-        if extra is None:
-            return None
-        labels = labels * rule.groups + extra
-    return labels
-
-
-def cells_problem(group: Group, width: int) -> str | None:
-    """Why no mapping to `width` keeps every copy in its shuffled conv group, or None."""
-    if not group.cells:
-        return None
-    units = width // group.grain
-    before = unit_classes(group.units, group.partitions, group.cells)
-    after = unit_classes(units, group.partitions, group.cells)
-    step = math.lcm(group.partitions, *(c.interleave for c in group.cells), *(c.groups for c in group.cells))
-    if before is None or after is None or width % group.grain:
-        return f"must be a multiple of {step * group.grain} (grouped convolutions over shuffled channels)"
-    old, new = np.bincount(before), np.bincount(after, minlength=len(np.bincount(before)))
-    if len(new) > len(old) or np.any(new < old) or group.uniform and np.any(new != old * (units // group.units)):
-        return ("leaves some shuffled conv group with fewer channels than it has now; "
-                "choose a larger width or an integer factor")
-    return None
+    return max(parts * round(wanted / parts), group.width)
 
 
 def make_mapping(old: int, new: int, partitions: int, rng: np.random.Generator,
-                 uniform: bool = False, cells: tuple[Cells, ...] = ()) -> tuple[Mapping, np.ndarray]:
+                 uniform: bool = False, cells: tuple[Cells, ...] = (), root: int = 0,
+                 units: tuple[dict[int, int], dict[int, int]] | None = None) -> tuple[Mapping, np.ndarray]:
     """The paper's mapping: existing units keep their place, extra units copy random ones;
     uniform: the units repeat in order, so each is copied exactly new/old times.
 
-    With conv groups, each group of units grows by the same amount from its own members.
-    Returns the mapping and a mask of the units that are copies (where noise may go).
+    With conv groups, each group of units grows by the same amount from its own members; with
+    `cells` (grouped convolutions reading the units off their chunks; `units`: every root's
+    mapped units before and after), copies stay in their source's conv group. Returns the mapping and a mask of the units that are copies (where noise may go).
     """
     if cells:
-        return _class_mapping(old, new, partitions, cells, rng, uniform)
+        before, after = units
+        return _class_mapping(C.classes(root, before, before, partitions, cells),
+                              C.classes(root, after, before, partitions, cells), old, rng, uniform)
     per_old, per_new = old // partitions, new // partitions
     sources, fresh = [], []
     for part in range(partitions):
@@ -229,12 +224,11 @@ def make_mapping(old: int, new: int, partitions: int, rng: np.random.Generator,
     return Mapping(source, np.bincount(source, minlength=old)), np.concatenate(fresh)
 
 
-def _class_mapping(old: int, new: int, partitions: int, cells: tuple[Cells, ...], rng: np.random.Generator,
+def _class_mapping(before: np.ndarray, after: np.ndarray, old: int, rng: np.random.Generator,
                    uniform: bool) -> tuple[Mapping, np.ndarray]:
-    """make_mapping where units fall in classes (see unit_classes): inside each class the
+    """make_mapping where units fall in classes (cells.classes): inside each class the
     existing units come first, in order, and the extra ones copy members of that class."""
-    before, after = unit_classes(old, partitions, cells), unit_classes(new, partitions, cells)
-    source, fresh = np.empty(new, np.int64), np.zeros(new, bool)
+    source, fresh = np.empty(len(after), np.int64), np.zeros(len(after), bool)
     for label in np.unique(before):
         olds, news = np.flatnonzero(before == label), np.flatnonzero(after == label)
         extra = len(news) - len(olds)
@@ -258,12 +252,13 @@ def apply(graph: gs.Graph, analysis: Analysis, widenings: list[Widening], seed: 
     mappings: dict[int, Mapping] = {}
     fresh: dict[int, np.ndarray] = {}
     shares: dict[int, np.ndarray] = {}
+    units = unit_counts(analysis, widenings)
     for w in widenings:
         index = int(w.group.id[1:])
         rng = np.random.default_rng([seed, index])
         mappings[w.group.root], fresh[w.group.root] = make_mapping(
             w.group.units, w.new // w.group.grain, w.group.partitions, rng, uniform=w.group.uniform,
-            cells=w.group.cells)
+            cells=w.group.cells, root=w.group.root, units=units)
         w.mapping = mappings[w.group.root]
         w.shares = shares[w.group.root] = S.unit_shares(w.mapping, split, index)
     canon = {id(e): analysis.canonical(e.layout) for e in analysis.effects}

@@ -82,8 +82,8 @@ def test_shuffled_units_widen_in_every_spelling(spelling):
 
 
 def test_copies_stay_in_the_conv_group_their_shuffled_position_falls_in():
-    """At every width the tool accepts, the rewrite is exact; widths that would put a copy in
-    another conv group than its source are refused with the reason."""
+    """At every width the tool accepts, the rewrite is exact; widths that would leave a conv
+    group short of copies of its channels are refused with the reason."""
     model = _v1("literal")
     accepted = 0
     for width in range(15, 37, 3):
@@ -91,7 +91,7 @@ def test_copies_stay_in_the_conv_group_their_shuffled_position_falls_in():
             widen_checked(model, {"Conv->a": width})
             accepted += 1
         except n2n.Net2NetError as error:
-            assert "shuffled" in str(error), error
+            assert "grouped convolution" in str(error), error
     assert accepted >= 4
 
 
@@ -176,3 +176,50 @@ def test_a_shuffle_whose_middle_is_read_elsewhere_is_never_wrong():
         widen_checked(model, {"Conv->a": "x2"})
     else:
         assert group["reason"]
+
+
+def _across() -> "onnx.ModelProto":
+    """ShuffleNet v1's downsampling unit, then a unit with a residual: [3 pooled; 9 new]
+    channels read by a 3-group conv (groups of 4 cut across the two parts), and added to a
+    3-group conv's output whose groups cut across them the same way."""
+    return build(HEAD + """
+    g (float[1, 3, 6, 6] x) => (float[1, 2, 3, 3] y) {
+        a = Conv(x, Wa)
+        ra = Relu(a)
+        pooled = AveragePool<kernel_shape=[2, 2], strides=[2, 2]>(ra)
+        b = Conv<strides=[2, 2]>(ra, Wb)
+        cat = Concat<axis=1>(pooled, b)
+        r = Relu(cat)
+        c = Conv<group=3>(r, Wc)
+        rc = Relu(c)
+        d = Conv<group=3>(rc, Wd)
+        s = Add(d, r)
+        y = Conv(s, Wy)
+    }""", {"Wa": (3, 3, 1, 1), "Wb": (9, 3, 1, 1), "Wc": (6, 4, 1, 1), "Wd": (12, 2, 1, 1), "Wy": (2, 12, 1, 1)})
+
+
+def test_grouped_convolutions_reading_across_concatenated_parts():
+    model = _across()
+    groups = {g["producers"][0]: g for g in n2n.inspect(model).groups}
+    assert all(groups[p]["widenable"] for p in ("Conv->a", "Conv->b", "Conv->c")), groups
+    for factor in ("x2", "x3"):
+        widen_checked(model, {}, widen_all=factor)
+    widen_checked(model, {"Conv->c": "x2"})  # its own conv groups only
+
+
+def test_widths_of_parts_read_across_conv_groups_are_exact_or_refused():
+    """Growing one part moves the other's channels between conv groups: every pair of widths
+    either rewrites exactly or is refused naming the grouped convolution."""
+    model = _across()
+    accepted = 0
+    for wa in (3, 4, 6):
+        for wb in (9, 12, 15, 18):
+            targets = {name: width for name, width, now in (("Conv->a", wa, 3), ("Conv->b", wb, 9)) if width > now}
+            if not targets:
+                continue
+            try:
+                widen_checked(model, targets)
+                accepted += 1
+            except n2n.Net2NetError as error:
+                assert "grouped convolution" in str(error), error
+    assert accepted >= 2
