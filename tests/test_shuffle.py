@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import onnx_net2net as n2n
+from onnx_net2net.report import format_groups
 from helpers import build, group_of, initializer, widen_checked
 
 HEAD = '<ir_version: 8, opset_import: ["" : 17]>'
@@ -202,6 +203,8 @@ def test_grouped_convolutions_reading_across_concatenated_parts():
     model = _across()
     groups = {g["producers"][0]: g for g in n2n.inspect(model).groups}
     assert all(groups[p]["widenable"] for p in ("Conv->a", "Conv->b", "Conv->c")), groups
+    assert groups["Conv->a"]["tied"] == [groups["Conv->b"]["id"]] and not groups["Conv->c"]["tied"]
+    assert "widened by one factor together" in format_groups(n2n.inspect(model))
     for factor in ("x2", "x3"):
         widen_checked(model, {}, widen_all=factor)
     widen_checked(model, {"Conv->c": "x2"})  # its own conv groups only
