@@ -8,7 +8,7 @@ from .. import graph as G
 from ..analysis import Analysis
 from ..layout import Layout
 from . import register
-from .shape import static_dim
+from .dims import static_dim
 
 ELEMENTWISE = (
     # activations: a copy of a unit computes the copy's value, whatever the function

@@ -9,7 +9,7 @@ from .. import graph as G
 from ..analysis import Analysis
 from ..layout import Layout
 from . import carried, register
-from .shape import static_dim
+from .dims import static_dim
 
 
 def _weight_shape(analysis: Analysis, node: gs.Node, slot: int, ins: list[Layout | None]) -> tuple[int, ...] | None:
