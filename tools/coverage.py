@@ -99,8 +99,8 @@ def reason_kind(reason: str) -> str:
 
 
 def coverage(path: Path) -> dict:
-    model = onnx.load(str(path), load_external_data=False)
-    found = n2n.inspect(model)
+    model = onnx.load(str(path), load_external_data=False)  # the graph: which layers have weights
+    found = n2n.inspect(path)  # from the path, so weights kept beside it are read
     layers = weight_layers(model)
     owner = layer_groups(layers, found.groups)
     covered = [layer for layer in layers if layer in owner and owner[layer]["widenable"]]
