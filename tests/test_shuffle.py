@@ -226,3 +226,35 @@ def test_widths_of_parts_read_across_conv_groups_are_exact_or_refused():
             except n2n.Net2NetError as error:
                 assert "grouped convolution" in str(error), error
     assert accepted >= 2
+
+
+def test_shuffles_that_cannot_stay_shuffles_are_refused_with_the_reason():
+    """A shuffle whose chunks cut through a concatenated part, and one over a fixed part
+    (a graph input concatenated in), are refused naming the Reshape; nothing is guessed."""
+    cut = build(HEAD + """
+    g (float[1, 3, 5, 5] x) => (float[1, 2, 5, 5] y) {
+        a = Conv(x, Wa)
+        b = Conv(x, Wb)
+        cat = Concat<axis=1>(a, b)
+        s1 = Constant<value=int64[5] {1, 2, 5, 5, 5}>()
+        s2 = Constant<value=int64[4] {1, 10, 5, 5}>()
+        v = Reshape(cat, s1)
+        t = Transpose<perm=[0, 2, 1, 3, 4]>(v)
+        u = Reshape(t, s2)
+        y = Conv(u, Wc)
+    }""", {"Wa": (4, 3, 1, 1), "Wb": (6, 3, 1, 1), "Wc": (2, 10, 1, 1)})
+    assert "channel shuffle in 2 groups cuts through a concatenated part" in group_of(cut, "Conv->a")["reason"]
+    fixed = build(HEAD + """
+    g (float[1, 3, 5, 5] x, float[1, 4, 5, 5] z) => (float[1, 2, 5, 5] y) {
+        a = Conv(x, Wa)
+        cat = Concat<axis=1>(a, z)
+        s1 = Constant<value=int64[5] {1, 2, 4, 5, 5}>()
+        s2 = Constant<value=int64[4] {1, 8, 5, 5}>()
+        v = Reshape(cat, s1)
+        t = Transpose<perm=[0, 2, 1, 3, 4]>(v)
+        u = Reshape(t, s2)
+        y = Conv(u, Wc)
+    }""", {"Wa": (4, 3, 1, 1), "Wc": (2, 8, 1, 1)})
+    assert "interleaves units with a part that cannot grow" in group_of(fixed, "Conv->a")["reason"]
+    with pytest.raises(n2n.Net2NetError, match="cannot be widened"):
+        n2n.widen(fixed, {"Conv->a": 8})
