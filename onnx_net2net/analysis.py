@@ -14,7 +14,8 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from . import graph as G
-from .cells import Cells
+from . import weave
+from .cells import Cells, Woven
 from .layout import Layout, Segment
 
 
@@ -122,6 +123,7 @@ class Analysis:
         self._cells: dict[int, list[Cells]] = {}  # per root
         self.shuffled: set[int] = set()  # spaces a channel shuffle interleaved: never split later
         self._unsplit = ""  # why the last join could not cut a plain side to match (for its message)
+        self.settled: dict[int, str] = {}  # groups --all left as they were, and why (widening._settle_cells)
         self._copies = 0
 
     # -- union-find over unit spaces -------------------------------------------------------
@@ -142,7 +144,7 @@ class Analysis:
         A space already joined with others splits them all at the same place, so joined
         parts stay joined; cuts must fall between the runs of units the group moves, its conv
         groups and its shuffles. None (blocked) otherwise."""
-        if len(layout.segments) != 1 or layout.outer != 1:
+        if len(layout.segments) != 1 or layout.outer != 1 or layout.woven is not None:
             self.block(layout, node, "splits concatenated or tiled units")
             return None
         seg = layout.segments[0]
@@ -185,6 +187,9 @@ class Analysis:
         """`layout` cut into consecutive parts of `sizes` elements, each growing on its own:
         the space is refined, or, if an earlier cut (the other half of a Split spelled as two
         Slices) already refined it at these places, its parts are reused."""
+        if layout.woven is not None or any(s.interleave != 1 for s in layout.segments) \
+                or any(self.find(s) == self.find(t) for s in layout.spaces for t in self.shuffled):
+            return self._woven_parts(layout, sizes, node)
         seg = layout.segments[0] if len(layout.segments) == 1 else None
         if seg is None or seg.space is None or seg.space not in self._children:
             refined = self.refine(layout, sizes, node)
@@ -202,6 +207,32 @@ class Analysis:
             start = stop
         return out
 
+    def _woven_parts(self, layout: Layout, sizes: list[int], node: gs.Node) -> list[Layout] | None:
+        """Equal parts of a woven or shuffled axis (ShuffleNet v2's halves): each part's units
+        must stay in it at any width, which the part's woven expression records."""
+        tree = layout.node
+        if tree is None or len(set(sizes)) != 1 or any(s.space in self._children for s in layout.segments):
+            self.block(layout, node, "cuts a shuffled axis into unequal parts or after a channel shuffle "
+                       "over one space")
+            return None
+        parts = [Layout.weave(layout.axis, layout.rank, weave.Part(tree, i, len(sizes))) for i in range(len(sizes))]
+        for part in parts:
+            self._woven_rule(part)
+        return parts
+
+    @property
+    def split_spaces(self) -> set[int]:
+        """Spaces cut into parts: layouts naming them stand for their parts."""
+        return set(self._children)
+
+    def _woven_rule(self, layout: Layout) -> None:
+        rule = Woven(layout.woven)
+        for space in layout.spaces:
+            self.shuffled.add(space)
+            rules = self._cells.setdefault(self.find(space), [])
+            if rule not in rules:
+                rules.append(rule)
+
     def _cuts(self, seg: Segment, sizes: list[int]) -> list[int] | str:
         """The parts' sizes in the group's mapped units, or why a split cannot fall there."""
         if seg.space is None or sum(sizes) != seg.size:
@@ -210,8 +241,8 @@ class Analysis:
             return "the space was cut elsewhere before"
         root = self.find(seg.space)
         if seg.interleave != 1 or any(self.find(s) == root for s in self.shuffled) or self._cells.get(root):
-            return "the units are read shuffled"
-        units, partitions = self._units[root], self._partitions[root]
+            return "the units are read shuffled, or by a grouped convolution across parts"
+        units = self._units[root]
         run = seg.block * (seg.positions // units) if seg.positions % units == 0 else 0
         if not run or any(size % run for size in sizes):
             return f"a cut falls inside a run of {run or seg.size} elements that moves as one"
@@ -223,7 +254,8 @@ class Analysis:
     def _refined_like(self, layout: Layout, target: Layout, node: gs.Node) -> Layout:
         """A plain space meeting a concatenation of spaces (GhostNet's [primary; cheap] added to
         a plain residual, or gated by a squeeze-excitation) is split into matching parts."""
-        if (len(layout.segments) != 1 or len(target.segments) < 2 or layout.axis != target.axis
+        if (layout.woven is not None or target.woven is not None
+                or len(layout.segments) != 1 or len(target.segments) < 2 or layout.axis != target.axis
                 or layout.outer != target.outer or layout.size != target.size or layout.outer != 1
                 or any(t.space is None or t.per != 1 for t in target.segments)):
             return layout
@@ -236,6 +268,8 @@ class Analysis:
 
     def canonical(self, layout: Layout) -> Layout:
         """A layout over group roots, with split spaces replaced by their parts."""
+        if layout.woven is not None:
+            return Layout.weave(layout.axis, layout.rank, weave.mapped(layout.woven, self.find))
         segments: list[Segment] = []
         pending = list(layout.segments)
         while pending:
@@ -305,7 +339,7 @@ class Analysis:
     def normalized_over(self, layout: Layout, node: gs.Node, what: str) -> bool:
         """`node` averages over the units of `layout`: exact under a uniform mapping of one
         space; fixed stretches or several spaces (which may grow by different factors) block."""
-        if len(layout.segments) != 1 or layout.segments[0].space is None:
+        if len(layout.segments) != 1 or layout.segments[0].space is None or layout.woven is not None:
             self.block(layout, node, f"{what} over concatenated units, which cannot all grow by one factor")
             return False
         self.restrict(layout, node, Family.UNIFORM,
@@ -332,6 +366,11 @@ class Analysis:
         attention) as blocks of r positions, so both groups move r query heads per key head."""
         if not layouts:
             return None
+        if any(layout.woven is not None for layout in layouts):
+            if all(layout.same_structure(layouts[0]) for layout in layouts):
+                return layouts[0]
+            self.block(layouts, node, "joins a shuffled axis with units laid out otherwise")
+            return None
         widest = max(layouts, key=lambda layout: len(layout.segments))
         self._unsplit = ""
         layouts = [self._refined_like(layout, widest, node) for layout in layouts]
@@ -356,6 +395,9 @@ class Analysis:
         """Grouped convolution: each new unit must stay inside its group's block of units; over
         shuffled units, inside the block its shuffled position falls in."""
         seg = layout.segments[0]
+        if layout.woven is not None:
+            self.block(layout, node, f"grouped convolution (group={partitions}) over a shuffled concatenation")
+            return False
         if len(layout.segments) > 1 and layout.outer == 1:
             return self._grouped_over_parts(layout, partitions, node)
         if len(layout.segments) != 1 or seg.space is None or seg.block != 1 or layout.outer != 1:
@@ -427,14 +469,15 @@ class Analysis:
         """A channel shuffle: the axis, as `chunks` equal chunks, is laid out chunk-minor.
 
         One space (ShuffleNet v1's grouped conv output) keeps its units and is read
-        interleaved; its chunks must grow alike, so its conv groups include them. Chunks made
-        of concatenated parts (v2's [passthrough; branch]) are joined part for part: position
-        j of every chunk moves as one block, so the shuffle stays a shuffle at any width."""
+        interleaved; its chunks must grow alike, so its conv groups include them. A
+        concatenation (v2's [passthrough; branch]) becomes a woven axis (weave.py): every space
+        keeps its own mapping, and widths are exact when each copy stays in its source's chunk,
+        so the chunks stay equal and the shuffle stays a shuffle."""
         what = f"channel shuffle in {chunks} groups"
         if layout.outer != 1 or layout.size % chunks or any(s.interleave != 1 for s in layout.segments):
             self.block(layout, node, f"{what} over units tiled, shuffled before or not divisible into its groups")
             return None
-        if len(layout.segments) == 1:
+        if len(layout.segments) == 1 and layout.woven is None:
             seg = layout.segments[0]
             if seg.space is None or seg.per != 1 or seg.block != 1:
                 self.block(layout, node, f"{what} over units that move in runs or blocks")
@@ -443,35 +486,14 @@ class Analysis:
                 return None
             self.shuffled.add(seg.space)
             return replace(layout, segments=(replace(seg, interleave=chunks),))
-        pieces = self._chunks(layout, chunks)
-        if pieces is None:
-            self.block(layout, node, f"{what} cuts through a concatenated part")
+        tree = layout.node
+        if tree is None or any(s.space is None or s.space in self._children for s in layout.segments):
+            self.block(layout, node, f"{what} interleaves units with a part that cannot grow, or with units "
+                       "that move in runs")
             return None
-        parts = [list(p.segments) for p in pieces]
-        blocks = [1] * len(parts[0])
-        for piece in pieces[1:]:
-            if _matching_segments(pieces[0], piece) is None:
-                fixed = any(s.space is None for p in pieces for s in p.segments)
-                self.block(layout, node, f"{what} interleaves " + (
-                    "units with a part that cannot grow" if fixed else "parts laid out differently"))
-                return None
-            for k, (a, b) in enumerate(zip(pieces[0].segments, piece.segments)):
-                blocks[k] = math.lcm(blocks[k], a.block, b.block)
-        out = []
-        for k, seg in enumerate(parts[0]):
-            if seg.space is None:
-                out.append(Segment(None, seg.size * chunks))
-                continue
-            column = [p[k] for p in parts]
-            if any(s.positions % (blocks[k] // s.block) for s in column):
-                self.block(layout, node, f"{what} interleaves parts whose units cannot move together")
-                return None
-            column = [s.coarsened(blocks[k] // s.block) for s in column]
-            for s in column:
-                self.coarsen(s.space, s.per)
-                self._union(column[0].space, s.space)
-            out.append(replace(column[0], block=blocks[k] * chunks))
-        return Layout(layout.axis, layout.rank, tuple(out))
+        woven = Layout.weave(layout.axis, layout.rank, weave.Shuffle(tree, chunks))
+        self._woven_rule(woven)
+        return woven
 
     def effect(self, kind: str, node: gs.Node, slot: int, axis: int, layout: Layout, **extra) -> None:
         self.effects.append(Effect(kind, node, slot, axis, layout, **extra))

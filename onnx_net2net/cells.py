@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import weave
 from .layout import Layout, interleaved_position
 
 
@@ -57,41 +58,58 @@ class Cells:
         return result
 
 
-def classes(root: int, units: dict[int, int], base: dict[int, int], partitions: int,
-            cells: tuple[Cells, ...]) -> np.ndarray | None:
-    """Each of `root`'s units' class: its partition (conv groups of the layers it feeds or
-    is made by) and its conv group in every read `cells` records. A copy must stay in its
-    source's class. None when the widths do not fit the groups."""
-    width = units[root]
-    if width % partitions:
-        return None
-    labels = np.arange(width) // (width // partitions)
-    for rule in cells:
-        extra = rule.labels(root, units, base)
-        if extra is None:
+@dataclass(frozen=True)
+class Woven:
+    """A woven axis (weave.py) holding some of the group's units: each copy must fall in the
+    chunks and parts its source fell in, and nowhere the source was not."""
+
+    tree: object
+
+    def labels(self, root: int, units: dict[int, int], base: dict[int, int]) -> np.ndarray | None:
+        return weave.unit_labels(self.tree, root, units, base)
+
+
+def classes(root: int, before: dict[int, int], after: dict[int, int], partitions: int,
+            cells: tuple) -> tuple[np.ndarray, np.ndarray] | None:
+    """Each of `root`'s units' class before and after (before[r], after[r]: units of every
+    root r): its partition (conv groups of the layers it feeds or is made by), its conv group
+    in every read `cells` records, its chunks and parts on woven axes. A copy must stay in its
+    source's class. None when the widths do not fit."""
+    rows = []
+    for units in (before, after):
+        width = units[root]
+        if width % partitions:
             return None
-        labels = labels * (rule.groups ** len(rule.layout.segments)) + extra
-    return labels
+        columns = [np.arange(width) // (width // partitions)]
+        for rule in cells:
+            extra = rule.labels(root, units, before)
+            if extra is None:
+                return None
+            columns.append(extra)
+        rows.append(np.stack(columns, axis=1))
+    _, codes = np.unique(np.concatenate(rows), axis=0, return_inverse=True)
+    codes = codes.reshape(-1)
+    return codes[:before[root]], codes[before[root]:]
 
 
 def problem(root: int, before: dict[int, int], after: dict[int, int], partitions: int,
-            cells: tuple[Cells, ...], uniform: bool) -> str | None:
+            cells: tuple, uniform: bool) -> str | None:
     """Why no mapping of `root` from before[root] to after[root] units keeps every copy in its
     source's class, the other spaces having the widths `after` gives; None if one does."""
-    old = classes(root, before, before, partitions, cells)
-    new = classes(root, after, before, partitions, cells)
-    if old is None or new is None:
-        return "does not divide into the groups of the grouped convolutions reading these channels"
+    found = classes(root, before, after, partitions, cells)
+    if found is None:
+        return "does not divide into the groups of the grouped convolutions or shuffles reading these channels"
+    old, new = found
     if after[root] == before[root]:
         return None if np.array_equal(old, new) else \
-            "moves these channels to other groups of a grouped convolution: widen them too"
-    counts_old = np.unique(old, return_counts=True)
+            "moves these channels to other groups of a grouped convolution or shuffle: widen them too"
+    counts_old = dict(zip(*np.unique(old, return_counts=True)))
     counts_new = dict(zip(*np.unique(new, return_counts=True)))
-    if set(counts_new) - set(counts_old[0].tolist()):
-        return "puts new channels in a group of a grouped convolution that has none of theirs"
+    if set(counts_new) - set(counts_old):
+        return "puts new channels in a group of a grouped convolution or shuffle that has none of theirs"
     factor = after[root] // before[root]
-    for label, count in zip(*counts_old):
+    for label, count in counts_old.items():
         have = counts_new.get(label, 0)
         if have < count or uniform and have != count * factor:
-            return "leaves a group of a grouped convolution with fewer channels than it reads now"
+            return "leaves a group of a grouped convolution or shuffle with fewer channels than it has now"
     return None

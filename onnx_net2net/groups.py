@@ -11,7 +11,8 @@ import onnx_graphsurgeon as gs
 
 from . import graph as G
 from .analysis import Analysis, Group, Producer
-from .cells import Cells
+from . import weave
+from .cells import Cells, Woven
 from .rules import PRODUCER_OPS, rule_for
 
 
@@ -71,10 +72,7 @@ def _close_groups(analysis: Analysis) -> None:
                       units=analysis.units(root), cells=_cells_of(analysis, root))
         group.kind = _kind(group)
         analysis.groups.append(group)
-    ids = {g.root: g.id for g in analysis.groups}
-    for group in analysis.groups:
-        group.tied = sorted({ids[r] for rule in group.cells for r in rule.layout.spaces if r != group.root},
-                            key=lambda i: int(i[1:]))
+    _tie(analysis)
     for group in analysis.groups:
         if group.units % group.partitions:
             group.reasons.append(f"{group.units} units are not divisible into {group.partitions} conv groups")
@@ -82,8 +80,44 @@ def _close_groups(analysis: Analysis) -> None:
 
 def _cells_of(analysis: Analysis, root: int) -> tuple[Cells, ...]:
     """The grouped convolutions reading the group's units off their chunks, over group roots."""
-    rules = (Cells(analysis.canonical(rule.layout), rule.groups) for rule in analysis.cells(root))
-    return tuple(dict.fromkeys(rule for rule in rules if root in rule.layout.spaces))
+    rules = []
+    for rule in analysis.cells(root):
+        if isinstance(rule, Woven):
+            tree = weave.mapped(rule.tree, analysis.find)
+            if any(leaf.space == root for leaf in weave.leaves(tree)):
+                rules.append(Woven(tree))
+        else:
+            layout = analysis.canonical(rule.layout)
+            if root in layout.spaces:
+                rules.append(Cells(layout, rule.groups))
+    return tuple(dict.fromkeys(rules))
+
+
+def _tie(analysis: Analysis) -> None:
+    """Groups whose widths a grouped convolution or a shuffle reads together, transitively:
+    `--all` widens them by one factor, and a target should name them all."""
+    ids = {g.root: g.id for g in analysis.groups}
+    parent = {root: root for root in ids}
+
+    def find(root: int) -> int:
+        while parent[root] != root:
+            root = parent[root]
+        return root
+
+    for group in analysis.groups:
+        for rule in group.cells:
+            for other in _spaces(rule):
+                if other in parent:
+                    parent[find(other)] = find(group.root)
+    for group in analysis.groups:
+        group.tied = sorted((ids[r] for r in ids if r != group.root and find(r) == find(group.root)),
+                            key=lambda i: int(i[1:]))
+
+
+def _spaces(rule) -> set[int]:
+    if isinstance(rule, Woven):
+        return {leaf.space for leaf in weave.leaves(rule.tree) if leaf.space is not None}
+    return rule.layout.spaces
 
 
 def _kind(group: Group) -> str:

@@ -8,6 +8,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from . import weave
+
 
 @dataclass(frozen=True)
 class Segment:
@@ -67,6 +69,14 @@ class Layout:
     rank: int
     segments: tuple[Segment, ...]
     outer: int = 1
+    # a woven axis (weave.py): the expression saying which unit sits where; `segments` then
+    # only lists its spaces
+    woven: object | None = None
+
+    @staticmethod
+    def weave(axis: int, rank: int, tree) -> Layout:
+        segments = tuple(Segment(leaf.space, leaf.width) for leaf in weave.leaves(tree))
+        return Layout(axis, rank, segments, 1, tree)
 
     @staticmethod
     def plain(space: int, units: int, axis: int, rank: int) -> Layout:
@@ -74,7 +84,20 @@ class Layout:
 
     @property
     def size(self) -> int:
+        if self.woven is not None:
+            return weave.size(self.woven)
         return self.outer * sum(s.size for s in self.segments)
+
+    @property
+    def node(self):
+        """The layout as a woven-axis expression (concatenated plain segments), or None when
+        its segments are blocked, coarse, shuffled or tiled."""
+        if self.woven is not None:
+            return self.woven
+        if self.outer != 1 or any(s.block != 1 or s.per != 1 or s.interleave != 1 for s in self.segments):
+            return None
+        leaves = tuple(weave.Leaf(s.space, s.units) for s in self.segments)
+        return leaves[0] if len(leaves) == 1 else weave.Cat(leaves)
 
     @property
     def spaces(self) -> set[int]:
@@ -92,6 +115,8 @@ class Layout:
         return replace(self, outer=self.outer * factor)
 
     def same_structure(self, other: Layout) -> bool:
+        if self.woven is not None or other.woven is not None:
+            return self.axis == other.axis and self.woven == other.woven
         return (self.axis == other.axis and self.outer == other.outer and len(self.segments) == len(other.segments)
                 and all(a.units == b.units and a.block == b.block and a.per == b.per and a.interleave == b.interleave
                         and (a.space is None) == (b.space is None) for a, b in zip(self.segments, other.segments)))
@@ -127,6 +152,9 @@ def segment_mapping(seg: Segment, mappings: dict[int, Mapping]) -> Mapping | Non
 
 def axis_plan(layout: Layout, mappings: dict[int, Mapping]) -> tuple[np.ndarray, np.ndarray]:
     """Element gather indices and per-element replica counts for a layout's axis after widening."""
+    if layout.woven is not None:
+        index, counts, _ = weave.plan(layout.woven, mappings)
+        return index, counts
     indices: list[np.ndarray] = []
     counts: list[np.ndarray] = []
     offset = 0
@@ -151,6 +179,8 @@ def axis_plan(layout: Layout, mappings: dict[int, Mapping]) -> tuple[np.ndarray,
 
 def element_mask(layout: Layout, marks: dict[int, np.ndarray], mappings: dict[int, Mapping]) -> np.ndarray:
     """Per element of the widened axis, whether its unit is marked (e.g. a fresh copy)."""
+    if layout.woven is not None:
+        return per_element(layout, {s: np.asarray(m, bool) for s, m in marks.items()}, mappings, False)
     parts = []
     for seg in layout.segments:
         mapping = segment_mapping(seg, mappings)
@@ -163,7 +193,20 @@ def element_mask(layout: Layout, marks: dict[int, np.ndarray], mappings: dict[in
     return np.tile(np.concatenate(parts), layout.outer)
 
 
+def per_element(layout: Layout, values: dict[int, np.ndarray], mappings: dict[int, Mapping], default):
+    """A per-unit quantity (a share, a mark) for each element of a widened woven axis."""
+    _, _, new = weave.plan(layout.woven, mappings)
+    dtype = next(iter(values.values())).dtype if values else type(default)
+    out = np.full(len(new), default, dtype=dtype)
+    for space, value in values.items():
+        mine = new.spaces == space
+        out[mine] = value[new.units[mine]]
+    return out
+
+
 def new_size(layout: Layout, mappings: dict[int, Mapping]) -> int:
+    if layout.woven is not None:
+        return len(weave.plan(layout.woven, mappings)[2])
     total = 0
     for seg in layout.segments:
         mapping = segment_mapping(seg, mappings)

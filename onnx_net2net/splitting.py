@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import Net2NetError
-from .layout import Layout, Mapping, natural_order
+from .layout import Layout, Mapping, natural_order, per_element
 
 MODES = ("equal", "random", "random-unit", "random-entry", "antithetic", "fresh")
 # The modes the CLI offers; 'random' is one of the two random variants (see RANDOM_IS).
@@ -103,6 +103,8 @@ def element_shares(layout: Layout, shares: dict[int, np.ndarray], mappings: dict
     """Per-element shares along a layout's axis after widening, in the order of axis_plan:
     each unit's share over its positions (a head's share over its D units) and their blocks,
     fixed and unwidened segments 1, repeated `outer` times."""
+    if layout.woven is not None:
+        return per_element(layout, {s: np.asarray(v, np.float64) for s, v in shares.items()}, mappings, 1.0)
     parts = []
     for seg in layout.segments:
         unit = shares.get(seg.space) if seg.space is not None else None

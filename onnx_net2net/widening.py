@@ -104,6 +104,7 @@ def _settle_cells(analysis: Analysis, chosen: dict[int, Widening]) -> None:
     copy to stay in its conv group at the new widths of all of them. A group `--all` would
     break that is left as it is (repeatedly, as leaving one changes the others); a target
     that breaks it is refused with the reason."""
+    analysis.settled = {}
     while True:
         before, after = unit_counts(analysis, chosen.values())
         failing = [(g, why) for g in analysis.groups if g.cells and g.widenable
@@ -117,6 +118,10 @@ def _settle_cells(analysis: Analysis, chosen: dict[int, Widening]) -> None:
             raise Net2NetError(f"{names}: at the widths asked for, {group.id} (width {after[group.root] * group.grain}) "
                                f"{why}; choose widths that keep each group's channels in their conv groups, "
                                "e.g. one integer factor for all (--all x2)")
+        for group, why in failing:
+            if group.root in dropped:
+                analysis.settled[group.root] = f"at this factor its channels would {why.split(' ', 1)[1]}" \
+                    if why.startswith("puts") or why.startswith("leaves") else why
         for root in dropped:
             chosen.pop(root)
 
@@ -144,8 +149,10 @@ def skipped_by_all(analysis: Analysis, widenings: list[Widening], widen_all: int
     if widen_all is None:
         return []
     chosen = {w.group.root for w in widenings}
-    return [{"group": g.id, "width": g.width, "reason": uniform_reason(g)} for g in analysis.groups
-            if g.widenable and g.uniform and g.root not in chosen
+    settled = getattr(analysis, "settled", {})
+    return [{"group": g.id, "width": g.width, "reason": settled.get(g.root) or uniform_reason(g)}
+            for g in analysis.groups
+            if g.widenable and (g.uniform or g.root in settled) and g.root not in chosen
             and parse_width(widen_all, g.width, "--all") > g.width]
 
 
@@ -208,9 +215,7 @@ def make_mapping(old: int, new: int, partitions: int, rng: np.random.Generator,
     mapped units before and after), copies stay in their source's conv group. Returns the mapping and a mask of the units that are copies (where noise may go).
     """
     if cells:
-        before, after = units
-        return _class_mapping(C.classes(root, before, before, partitions, cells),
-                              C.classes(root, after, before, partitions, cells), old, rng, uniform)
+        return _class_mapping(*C.classes(root, *units, partitions, cells), old, rng, uniform)
     per_old, per_new = old // partitions, new // partitions
     sources, fresh = [], []
     for part in range(partitions):

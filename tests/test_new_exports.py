@@ -37,11 +37,11 @@ PINNED = {  # groups, widenable, widenable per kind
     "hf_t5_encoder": (5, 4, {"hidden": 1, "heads": 1, "ffn": 2}),  # one head mapping: a shared position table
     "torch_convnext": (4, 3, {"hidden": 1, "ffn": 2}),
     "torch_ghostnet": (7, 6, {"channels": 6}), "torch_shufflenet_v1": (4, 3, {"channels": 3}),
-    "torch_shufflenet_v2": (7, 6, {"channels": 6}), "torch_mixer": (4, 3, {"hidden": 1, "ffn": 2}),
+    "torch_shufflenet_v2": (8, 7, {"channels": 7}), "torch_mixer": (4, 3, {"hidden": 1, "ffn": 2}),
     # [12 pooled; 36 new] channels read by 3-group convs whose groups of 16 cut across the parts
     "torch_shufflenet_v1_g3": (6, 5, {"channels": 5}),
-    # the fourth unit's split falls inside a run of channels three shuffles tied together
-    "torch_shufflenet_v2_deep": (11, 8, {"channels": 8}),
+    # four units: halves of 12, 6 and 3 channels (an odd cut) woven through three shuffles
+    "torch_shufflenet_v2_deep": (12, 11, {"channels": 11}),
 }
 
 

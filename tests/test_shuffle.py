@@ -148,13 +148,56 @@ def _v2() -> "onnx.ModelProto":
 
 
 def test_shuffled_concatenation_split_in_halves():
+    """Every space keeps its own mapping; their widths are tied by the shuffles and cuts."""
     model = _v2()
     groups = [g for g in n2n.inspect(model).groups if "Conv->y" not in g["producers"]]
-    assert len(groups) == 2 and all(g["widenable"] for g in groups), [g["reason"] for g in groups]
+    assert len(groups) == 3 and all(g["widenable"] for g in groups), [g["reason"] for g in groups]
+    assert all(len(g["tied"]) == 2 for g in groups)
     for factor in ("x2", "x1.5", "x3"):
         widen_checked(model, {}, widen_all=factor)
-    for group in groups:
-        widen_checked(model, {group["id"]: "x2"})
+    widen_checked(model, {g["id"]: 24 for g in groups})
+    with pytest.raises(n2n.Net2NetError, match="shuffle"):
+        n2n.widen(model, {groups[0]["id"]: "x2"}, verify=False)
+
+
+def test_odd_halves_of_a_shuffled_stage_widen_exactly():
+    """ShuffleNet v2 with 10 channels per half: the second cut takes 5 of each branch's
+    interleaved channels, 3 from one and 2 from the other; widths keeping every channel on
+    its side are exact, the others are refused."""
+    model = build(HEAD + """
+    g (float[1, 4, 5, 5] x) => (float[1, 3, 5, 5] y) {
+        a = Conv(x, Wa)
+        b = Conv(x, Wb)
+        cat = Concat<axis=1>(a, b)
+        s1 = Constant<value=int64[5] {1, 2, 10, 5, 5}>()
+        s2 = Constant<value=int64[4] {1, 20, 5, 5}>()
+        v = Reshape(cat, s1)
+        t = Transpose<perm=[0, 2, 1, 3, 4]>(v)
+        z = Reshape(t, s2)
+        halves = Constant<value=int64[2] {10, 10}>()
+        p, q = Split<axis=1>(z, halves)
+        c = Conv(q, Wc)
+        cat2 = Concat<axis=1>(p, c)
+        v2 = Reshape(cat2, s1)
+        t2 = Transpose<perm=[0, 2, 1, 3, 4]>(v2)
+        z2 = Reshape(t2, s2)
+        p2, q2 = Split<axis=1>(z2, halves)
+        d = Conv(q2, Wd)
+        cat3 = Concat<axis=1>(p2, d)
+        y = Conv(cat3, Wy)
+    }""", {"Wa": (10, 4, 1, 1), "Wb": (10, 4, 1, 1), "Wc": (10, 10, 1, 1), "Wd": (10, 10, 1, 1),
+           "Wy": (3, 20, 1, 1)})
+    groups = [g for g in n2n.inspect(model).groups if "Conv->y" not in g["producers"]]
+    assert all(g["widenable"] for g in groups), [g["reason"] for g in groups]
+    widen_checked(model, {}, widen_all="x2")
+    accepted = 0
+    for width in range(11, 21):
+        try:
+            widen_checked(model, {g["id"]: width for g in groups})
+            accepted += 1
+        except n2n.Net2NetError as error:
+            assert "shuffle" in str(error), error
+    assert accepted >= 1
 
 
 def test_a_shuffle_whose_middle_is_read_elsewhere_is_never_wrong():
@@ -229,8 +272,9 @@ def test_widths_of_parts_read_across_conv_groups_are_exact_or_refused():
 
 
 def test_shuffles_that_cannot_stay_shuffles_are_refused_with_the_reason():
-    """A shuffle whose chunks cut through a concatenated part, and one over a fixed part
-    (a graph input concatenated in), are refused naming the Reshape; nothing is guessed."""
+    """A shuffle whose chunks cut through a concatenated part still widens (the part's
+    channels keep their chunks); one over a fixed part (a graph input concatenated in) is
+    refused naming the Reshape; nothing is guessed."""
     cut = build(HEAD + """
     g (float[1, 3, 5, 5] x) => (float[1, 2, 5, 5] y) {
         a = Conv(x, Wa)
@@ -243,7 +287,8 @@ def test_shuffles_that_cannot_stay_shuffles_are_refused_with_the_reason():
         u = Reshape(t, s2)
         y = Conv(u, Wc)
     }""", {"Wa": (4, 3, 1, 1), "Wb": (6, 3, 1, 1), "Wc": (2, 10, 1, 1)})
-    assert "channel shuffle in 2 groups cuts through a concatenated part" in group_of(cut, "Conv->a")["reason"]
+    assert all(group_of(cut, p)["widenable"] for p in ("Conv->a", "Conv->b"))  # uneven chunks: woven
+    widen_checked(cut, {}, widen_all="x2")
     fixed = build(HEAD + """
     g (float[1, 3, 5, 5] x, float[1, 4, 5, 5] z) => (float[1, 2, 5, 5] y) {
         a = Conv(x, Wa)

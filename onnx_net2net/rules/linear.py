@@ -68,8 +68,9 @@ def conv(analysis: Analysis, node: gs.Node, ins: list[Layout | None]) -> list[La
         # a block of `multiplier` output channels each, and `group` follows the width.
         if x is None:
             return [None]
-        if x.outer != 1:
-            analysis.block(x, node, "depthwise convolution over units tiled along the channel axis")
+        if x.outer != 1 or x.woven is not None and c_out != c_in:
+            analysis.block(x, node, "depthwise convolution over units tiled along the channel axis, or with a "
+                           "channel multiplier over a shuffled concatenation")
             return [None]
         out = x.scaled(c_out // c_in).moved(1, out_rank)
         analysis.effect("replicate", node, 1, 0, out.moved(0, len(weight)))

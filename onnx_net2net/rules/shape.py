@@ -8,6 +8,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from .. import graph as G
+from .. import weave
 from ..analysis import Analysis
 from ..layout import Layout, Segment
 from . import register
@@ -68,6 +69,9 @@ def flatten(analysis: Analysis, node: gs.Node, ins: list[Layout | None]) -> list
     if not (leading.known and trailing.known):
         analysis.block(x, node, "flattens the unit axis with dims of unknown size")
         return [None]
+    if x.woven is not None and (trailing.coef != 1 or leading.coef != 1):
+        analysis.block(x, node, "flattens a shuffled concatenation with other dims")
+        return [None]
     return [x.scaled(trailing.coef).tiled(leading.coef).moved(1, 2)]
 
 
@@ -97,6 +101,9 @@ def reshape(analysis: Analysis, node: gs.Node, ins: list[Layout | None]) -> list
     if found is None and split is None:
         analysis.block(x, node, "splits the unit axis into parts that do not hold whole units, or merges it "
                        "with a dim of unknown size")
+        return [None]
+    if x.woven is not None and (found is None or found[1:] != (1, 1)):
+        analysis.block(x, node, "reshapes a shuffled concatenation other than by moving its axis")
         return [None]
     if found is not None:
         v, leading, merged = found
@@ -179,6 +186,8 @@ def concat(analysis: Analysis, node: gs.Node, ins: list[Layout | None]) -> list[
         if any(x.outer != 1 for x in present):
             analysis.block(present, node, "concatenates units tiled along the axis")
             return [None]
+        if any(x.woven is not None for x in present):
+            return [_woven_concat(analysis, node, ins, axis, rank)]
         segments: list[Segment] = []
         for tensor, x in zip(node.inputs, ins):
             if x is not None:
@@ -203,6 +212,23 @@ def concat(analysis: Analysis, node: gs.Node, ins: list[Layout | None]) -> list[
                            "the unit axis is fixed")
             return [None]
     return [base]
+
+
+def _woven_concat(analysis: Analysis, node: gs.Node, ins: list[Layout | None], axis: int, rank: int) -> Layout | None:
+    """A shuffled concatenation's part concatenated with more units (ShuffleNet v2's
+    [passthrough half; branch]): a woven axis."""
+    parts = []
+    for tensor, x in zip(node.inputs, ins):
+        if x is not None:
+            parts.append(x.node)
+            continue
+        size = int(tensor.shape[axis]) if G.is_constant(tensor) else static_dim(tensor, axis)
+        parts.append(weave.Leaf(None, size) if isinstance(size, int) else None)
+    present = [x for x in ins if x is not None]
+    if any(p is None for p in parts) or any(s in analysis.split_spaces for x in present for s in x.spaces):
+        analysis.block(present, node, "concatenates a shuffled axis with units tiled, blocked or of unknown size")
+        return None
+    return Layout.weave(axis, rank, weave.Cat(tuple(p for p in parts if not (isinstance(p, weave.Leaf) and not p.width))))
 
 
 def follow_constant(analysis: Analysis, node: gs.Node, slot: int, axis: int, layout: Layout) -> bool:
@@ -394,7 +420,10 @@ def _take_part(analysis: Analysis, node: gs.Node, x: Layout, i: int, first: int,
         return None
     before = parts[0] if first else None
     taken = parts[1] if first else parts[0]
-    upto = Layout(x.axis, x.rank, (before.segments if before else ()) + taken.segments)
+    if taken.woven is not None:
+        upto = Layout.weave(x.axis, x.rank, weave.Cat(((before.woven,) if before else ()) + (taken.woven,)))
+    else:
+        upto = Layout(x.axis, x.rank, (before.segments if before else ()) + taken.segments)
     bounds = ([(0, before)] if first else []) + [(1, upto)]
     for which, layout in bounds:
         if legacy:
