@@ -116,6 +116,10 @@ def format_widened(result, output: str, weights=None) -> str:
         lines.append(f"{w['group']}: {w['old']} -> {w['new']} units ({', '.join(w['targets'])}){how}")
     if result.blocked and any("all" in w["targets"] for w in result.widened):
         lines.append(f"not widenable: {', '.join(b['group'] for b in result.blocked)} (see inspect for reasons)")
+    by_reason: dict[str, list[str]] = {}
+    for kept in getattr(result, "skipped", []):
+        by_reason.setdefault(kept["reason"], []).append(kept["group"])
+    lines += [f"kept at their width: {', '.join(ids)}: {reason}" for reason, ids in by_reason.items()]
     lines.append(f"parameters: {result.parameters_before:,} -> {result.parameters_after:,}")
     lines.append(_verdict(result))
     return "\n".join(lines + _written(output, weights, result))

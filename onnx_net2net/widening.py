@@ -120,8 +120,7 @@ def _settle_cells(analysis: Analysis, chosen: dict[int, Widening]) -> None:
                                "e.g. one integer factor for all (--all x2)")
         for group, why in failing:
             if group.root in dropped:
-                analysis.settled[group.root] = f"at this factor its channels would {why.split(' ', 1)[1]}" \
-                    if why.startswith("puts") or why.startswith("leaves") else why
+                analysis.settled[group.root] = f"at this factor the group {why}"
         for root in dropped:
             chosen.pop(root)
 

@@ -9,14 +9,17 @@ onnxruntime against the original.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 import onnx_net2net as n2n
-from onnx_net2net.report import format_groups
+from onnx_net2net.report import format_groups, format_widened
 from helpers import build, group_of, initializer, widen_checked
 
 HEAD = '<ir_version: 8, opset_import: ["" : 17]>'
+MODELS = Path(__file__).resolve().parent.parent / "models"
 
 # How the shuffle's two target shapes are written: literals, -1 for the batch, or computed at
 # runtime from the tensor's own shape (torch's legacy exporter: Shape, Gather, Div, Concat).
@@ -160,11 +163,10 @@ def test_shuffled_concatenation_split_in_halves():
         n2n.widen(model, {groups[0]["id"]: "x2"}, verify=False)
 
 
-def test_odd_halves_of_a_shuffled_stage_widen_exactly():
+def _odd_v2() -> "onnx.ModelProto":
     """ShuffleNet v2 with 10 channels per half: the second cut takes 5 of each branch's
-    interleaved channels, 3 from one and 2 from the other; widths keeping every channel on
-    its side are exact, the others are refused."""
-    model = build(HEAD + """
+    interleaved channels, 3 from one and 2 from the other."""
+    return build(HEAD + """
     g (float[1, 4, 5, 5] x) => (float[1, 3, 5, 5] y) {
         a = Conv(x, Wa)
         b = Conv(x, Wb)
@@ -187,6 +189,11 @@ def test_odd_halves_of_a_shuffled_stage_widen_exactly():
         y = Conv(cat3, Wy)
     }""", {"Wa": (10, 4, 1, 1), "Wb": (10, 4, 1, 1), "Wc": (10, 10, 1, 1), "Wd": (10, 10, 1, 1),
            "Wy": (3, 20, 1, 1)})
+
+
+def test_odd_halves_of_a_shuffled_stage_widen_exactly():
+    """Widths keeping every channel on its side of every cut are exact; others are refused."""
+    model = _odd_v2()
     groups = [g for g in n2n.inspect(model).groups if "Conv->y" not in g["producers"]]
     assert all(g["widenable"] for g in groups), [g["reason"] for g in groups]
     widen_checked(model, {}, widen_all="x2")
@@ -198,6 +205,20 @@ def test_odd_halves_of_a_shuffled_stage_widen_exactly():
         except n2n.Net2NetError as error:
             assert "shuffle" in str(error), error
     assert accepted >= 1
+
+
+@pytest.mark.parametrize("factor", ["x1.2", "x1.5", "x1.7", "x2.5", "x3"])
+def test_all_keeps_the_groups_a_factor_cannot_keep_exact_and_says_why(factor):
+    """Whatever the factor, `--all` widens what it can exactly and lists the rest: on the
+    exported four-unit stage, x1.2 cannot keep the deeper halves whole."""
+    for model, groups in ((_odd_v2(), 4), (str(MODELS / "torch_shufflenet_v2_deep.onnx"), 11)):
+        result = n2n.api.widen_model(model, {}, widen_all=factor, optional=True, verify_options={"dims": {}})
+        assert result.report.passed
+        for kept in result.skipped:
+            assert "shuffle" in kept["reason"] or "grouped convolution" in kept["reason"], kept
+        assert len(result.widened) + len(result.skipped) == groups, factor
+        if factor == "x1.2" and groups == 11:
+            assert result.skipped and "kept at their width" in format_widened(result, "out.onnx")
 
 
 def test_a_shuffle_whose_middle_is_read_elsewhere_is_never_wrong():
