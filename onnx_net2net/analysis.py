@@ -108,6 +108,9 @@ class Analysis:
     def __init__(self, graph: gs.Graph) -> None:
         self.graph = graph
         self.layouts: dict[str, Layout] = {}
+        # a second axis carrying units (an MLP-Mixer's token-mixing width, on the columns while
+        # the channels sit on the rows): followed only by MatMul and elementwise rules
+        self.extras: dict[str, Layout] = {}
         self.effects: list[Effect] = []
         self.producers: list[Producer] = []
         self._parent: list[int] = []

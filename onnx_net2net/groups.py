@@ -22,16 +22,21 @@ def analyze(graph: gs.Graph) -> Analysis:
     for node in graph.nodes:
         ins = [analysis.layouts.get(t.name) if isinstance(t, gs.Variable) and t.name else None
                for t in node.inputs]
+        extras = [analysis.extras.get(t.name) if isinstance(t, gs.Variable) and t.name else None
+                  for t in node.inputs]
         hidden = [analysis.layouts[n] for n in G.subgraph_inputs(node) if n in analysis.layouts]
+        hidden += [analysis.extras[n] for n in G.subgraph_inputs(node) if n in analysis.extras]
         if hidden:
             analysis.block(hidden, node, "used inside a control-flow body")
-        if not any(ins) and not (node.op in PRODUCER_OPS and G.is_default_domain(node)):
+        if not any(ins) and not any(extras) and not (node.op in PRODUCER_OPS and G.is_default_domain(node)):
             continue
         rule = rule_for(node)
         if rule is None:
             domain = f" (domain '{node.domain}')" if not G.is_default_domain(node) else ""
-            analysis.block(ins, node, f"no rule for op {node.op}{domain}; its effect on units is unknown")
+            analysis.block(ins + extras, node, f"no rule for op {node.op}{domain}; its effect on units is unknown")
             continue
+        if any(extras) and (not getattr(rule, "follows_extras", False) or not any(ins)):
+            analysis.block(extras, node, f"{node.op} with units on a second axis")
         outs = rule(analysis, node, ins)
         for tensor, layout in zip(node.outputs, outs):
             if layout is not None and tensor.name:
@@ -41,8 +46,9 @@ def analyze(graph: gs.Graph) -> Analysis:
         graph.nodes.extend(analysis.added_nodes)
         graph.toposort()
     for tensor in graph.outputs:
-        layout = analysis.layouts.get(tensor.name)
-        if layout is not None:
+        for layout in (analysis.layouts.get(tensor.name), analysis.extras.get(tensor.name)):
+            if layout is None:
+                continue
             analysis.block(layout, None, f"'{tensor.name}' is a graph output; widening would change the model's interface")
     _close_groups(analysis)
     return analysis

@@ -37,7 +37,7 @@ PINNED = {  # groups, widenable, widenable per kind
     "hf_t5_encoder": (5, 4, {"hidden": 1, "heads": 1, "ffn": 2}),  # one head mapping: a shared position table
     "torch_convnext": (4, 3, {"hidden": 1, "ffn": 2}),
     "torch_ghostnet": (7, 6, {"channels": 6}), "torch_shufflenet_v1": (4, 3, {"channels": 3}),
-    "torch_shufflenet_v2": (8, 7, {"channels": 7}), "torch_mixer": (4, 3, {"hidden": 1, "ffn": 2}),
+    "torch_shufflenet_v2": (8, 7, {"channels": 7}), "torch_mixer": (8, 5, {"hidden": 1, "ffn": 4}),
     # [12 pooled; 36 new] channels read by 3-group convs whose groups of 16 cut across the parts
     "torch_shufflenet_v1_g3": (6, 5, {"channels": 5}),
     # four units: halves of 12, 6 and 3 channels (an odd cut) woven through three shuffles

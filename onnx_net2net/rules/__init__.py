@@ -22,12 +22,14 @@ RULES: dict[str, Rule] = {}
 PRODUCER_OPS: set[str] = set()
 
 
-def register(*ops: str, producer: bool = False) -> Callable[[Rule], Rule]:
+def register(*ops: str, producer: bool = False, follows_extras: bool = False) -> Callable[[Rule], Rule]:
+    """`follows_extras`: the rule also follows units on a second axis (analysis.extras)."""
     def decorate(rule: Rule) -> Rule:
         for op in ops:
             RULES[op] = rule
         if producer:
             PRODUCER_OPS.update(ops)
+        rule.follows_extras = follows_extras
         return rule
 
     return decorate

@@ -26,7 +26,7 @@ ELEMENTWISE = (
 )
 
 
-@register(*ELEMENTWISE)
+@register(*ELEMENTWISE, follows_extras=True)
 def broadcast(analysis: Analysis, node: gs.Node, ins: list[Layout | None]) -> list[Layout | None]:
     """Inputs broadcast right-aligned: carried inputs join, constants along the unit axis
     become per-unit parameters, anything else of fixed width along it blocks."""
@@ -62,7 +62,39 @@ def broadcast(analysis: Analysis, node: gs.Node, ins: list[Layout | None]) -> li
             analysis.block(base, node, f"constant '{tensor.name}' has size {size} on the unit axis, not {base.size}")
         else:
             analysis.block(base, node, f"joins {analysis.describe(tensor)}, whose width along the unit axis is fixed")
+    _second_axis(analysis, node, out_rank, base)
     return [base] * len(node.outputs)
+
+
+def _second_axis(analysis: Analysis, node: gs.Node, out_rank: int, base: Layout) -> None:
+    """Units on a second axis (analysis.extras) pass through the same way: carried ones join,
+    constants along them are per-unit parameters, anything else of fixed width blocks."""
+    extras = [analysis.extras.get(t.name) if isinstance(t, gs.Variable) else None for t in node.inputs]
+    if not any(extras):
+        return
+    aligned = [e.moved(e.axis + out_rank - e.rank, out_rank) for e in extras if e is not None]
+    if any(e.axis == base.axis for e in aligned):
+        analysis.block(aligned + [base], node, "units of two spaces meet on one axis")
+        return
+    second = analysis.join(aligned, node)
+    if second is None:
+        return
+    for slot, (tensor, extra) in enumerate(zip(node.inputs, extras)):
+        if extra is not None or G.is_empty(tensor) or _type_only(node, slot):
+            continue
+        tensor_rank = G.rank(tensor) if not G.is_constant(tensor) else len(tensor.shape)
+        axis = None if tensor_rank is None else second.axis - (out_rank - tensor_rank)
+        size = 1 if axis is not None and axis < 0 else static_dim(tensor, axis) if axis is not None else None
+        if size == 1:
+            continue
+        if G.is_constant(tensor) and size == second.size:
+            analysis.effect("replicate", node, slot, axis, second.moved(axis, tensor_rank))
+        else:
+            analysis.block(second, node, f"joins {analysis.describe(tensor)}, whose width along the units' "
+                           "second axis is fixed")
+            return
+    for tensor in node.outputs:
+        analysis.extras[tensor.name] = second
 
 
 def _type_only(node: gs.Node, slot: int) -> bool:

@@ -128,7 +128,7 @@ def gemm(analysis: Analysis, node: gs.Node, ins: list[Layout | None]) -> list[La
     return [_produce(analysis, node, weight[0] if trans_b else weight[1], 1, 2, 0 if trans_b else 1, 2)]
 
 
-@register("MatMul", producer=True)
+@register("MatMul", producer=True, follows_extras=True)
 def matmul(analysis: Analysis, node: gs.Node, ins: list[Layout | None]) -> list[Layout | None]:
     a_tensor, b_tensor = node.inputs
     if not G.is_constant(b_tensor):
@@ -147,6 +147,7 @@ def matmul(analysis: Analysis, node: gs.Node, ins: list[Layout | None]) -> list[
         if len(b_shape) > 2 and weight_axis >= 0 and b_shape[weight_axis] != 1:
             analysis.block(a, node, "a batched weight varies along the unit axis")
             return [None]
+        _columns(analysis, node, b_shape, out_rank, axis)
         return [a.moved(axis, out_rank)]
     if a is not None:
         axis = 0 if len(b_shape) == 1 else len(b_shape) - 2
@@ -154,6 +155,21 @@ def matmul(analysis: Analysis, node: gs.Node, ins: list[Layout | None]) -> list[
     if len(b_shape) < 2 or out_rank is None:
         return [None]
     return [_produce(analysis, node, b_shape[-1], out_rank - 1, out_rank, len(b_shape) - 1, len(b_shape))]
+
+
+def _columns(analysis: Analysis, node: gs.Node, b_shape: tuple[int, ...], out_rank: int, rows: int) -> None:
+    """A MatMul whose rows carry units (an MLP-Mixer's channels) still mixes its columns: the
+    units a second axis of its input carries along the columns are contracted, and its own
+    output width is a new space on that second axis (the token-mixing width)."""
+    extra = analysis.extras.get(node.inputs[0].name)
+    if extra is not None:
+        if extra.axis != extra.rank - 1 or len(b_shape) > 2:
+            analysis.block(extra, node, "MatMul with units on its rows and on a batch axis")
+        else:
+            axis = 0 if len(b_shape) == 1 else len(b_shape) - 2
+            analysis.effect("contract", node, 1, axis, extra.moved(axis, len(b_shape)))
+    if len(b_shape) == 2 and rows != out_rank - 1:
+        analysis.extras[node.outputs[0].name] = _produce(analysis, node, b_shape[-1], out_rank - 1, out_rank, 1, 2)
 
 
 def _batched_matmul(analysis: Analysis, node: gs.Node, ins: list[Layout | None]) -> Layout | None:

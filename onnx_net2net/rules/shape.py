@@ -17,11 +17,14 @@ from .dims import (Dim, axes_input, dims_of, entry_origin, follows, known_value,
 from .shuffle import channel_shuffle
 
 
-@register("Transpose")
+@register("Transpose", follows_extras=True)
 def transpose(analysis: Analysis, node: gs.Node, ins: list[Layout | None]) -> list[Layout | None]:
     x = ins[0]
-    perm = G.attr(node, "perm") or list(reversed(range(x.rank)))
-    return [x.moved(list(perm).index(x.axis))]
+    perm = list(G.attr(node, "perm") or reversed(range(x.rank)))
+    extra = analysis.extras.get(node.inputs[0].name)
+    if extra is not None:
+        analysis.extras[node.outputs[0].name] = extra.moved(perm.index(extra.axis))
+    return [x.moved(perm.index(x.axis))]
 
 
 @register("Unsqueeze")
