@@ -324,3 +324,21 @@ def test_shuffles_that_cannot_stay_shuffles_are_refused_with_the_reason():
     assert "interleaves units with a part that cannot grow" in group_of(fixed, "Conv->a")["reason"]
     with pytest.raises(n2n.Net2NetError, match="cannot be widened"):
         n2n.widen(fixed, {"Conv->a": 8})
+
+
+def test_four_dimensional_shuffle_of_a_sequence():
+    """A 1-D convolution's channels shuffled through a 4-D Transpose ([N, g, c, L] -> [N, c, g, L])."""
+    model = build(HEAD + """
+    g (float[2, 6, 7] x) => (float[2, 6, 7] y) {
+        a = Conv<group=3>(x, Wa)
+        r = Relu(a)
+        s1 = Constant<value=int64[4] {0, 3, -1, 7}>()
+        s2 = Constant<value=int64[3] {0, -1, 7}>()
+        v = Reshape(r, s1)
+        t = Transpose<perm=[0, 2, 1, 3]>(v)
+        u = Reshape(t, s2)
+        y = Conv<group=3>(u, Wc)
+    }""", {"Wa": (12, 2, 1), "Wc": (6, 4, 1)})
+    assert group_of(model, "Conv->a")["widenable"]
+    widen_checked(model, {"Conv->a": "x2"})
+    widen_checked(model, {}, widen_all="x1.5")
