@@ -342,3 +342,52 @@ def test_four_dimensional_shuffle_of_a_sequence():
     assert group_of(model, "Conv->a")["widenable"]
     widen_checked(model, {"Conv->a": "x2"})
     widen_checked(model, {}, widen_all="x1.5")
+
+
+def _v2_stage(half: int, units: int) -> "onnx.ModelProto":
+    """A ShuffleNet v2 stage of `units` units with `half` channels per half (no depthwise
+    convs or norms: the channel bookkeeping is what is under test), then a 1x1 conv."""
+    lines = ["a = Conv(x, Wa)", "b = Conv(x, Wb)", "z0 = Concat<axis=1>(a, b)"]
+    weights = {"Wa": (half, 3, 1, 1), "Wb": (half, 3, 1, 1), "Wy": (2, 2 * half, 1, 1)}
+    last = "z0"
+    for k in range(units):
+        lines += [f"v{k} = Reshape({last}, s1)", f"t{k} = Transpose<perm=[0, 2, 1, 3, 4]>(v{k})",
+                  f"w{k} = Reshape(t{k}, s2)"]
+        if k < units - 1:
+            lines += [f"p{k}, q{k} = Split<axis=1>(w{k}, halves)", f"c{k} = Conv(q{k}, Wc{k})",
+                      f"r{k} = Relu(c{k})", f"z{k + 1} = Concat<axis=1>(p{k}, r{k})"]
+            weights[f"Wc{k}"] = (half, half, 1, 1)
+            last = f"z{k + 1}"
+        else:
+            lines.append(f"y = Conv(w{k}, Wy)")
+    body = "\n        ".join(lines)
+    return build(HEAD + f"""
+    g (float[1, 3, 4, 4] x) => (float[1, 2, 4, 4] y) {{
+        s1 = Constant<value=int64[5] {{1, 2, {half}, 4, 4}}>()
+        s2 = Constant<value=int64[4] {{1, {2 * half}, 4, 4}}>()
+        halves = Constant<value=int64[2] {{{half}, {half}}}>()
+        {body}
+    }}""", weights)
+
+
+@pytest.mark.parametrize("half,units", [(6, 4), (7, 3), (10, 5), (11, 4), (58, 3)])
+def test_shuffled_stages_of_any_width_widen_exactly_at_any_factor(half, units):
+    """Whatever the channel count (odd halves included), depth and factor, `--all` rewrites
+    exactly what it widens and keeps the rest, saying why.
+
+    Four units of 6 channels per half cannot grow at all and stay a ShuffleNet: both first
+    branches must keep one width n (the first shuffle's chunks), and the third cut must then
+    hold as many copies of the second branch's first channel as the second cut does, which
+    for ceil(n/2) = u means floor(u/2) = floor(ceil(u/2)/2): only u = 3, n <= 6."""
+    model = _v2_stage(half, units)
+    groups = [g for g in n2n.inspect(model).groups if "Conv->y" not in g["producers"]]
+    assert all(g["widenable"] for g in groups), [g["reason"] for g in groups]
+    widened = 0
+    factors = ("x1.2", "x1.25", "x1.5", "x2", "x3")
+    for factor in factors:
+        result = n2n.api.widen_model(model, {}, widen_all=factor, optional=True,
+                                     verify_options={"atol": 1e-5, "rtol": 1e-5})
+        assert result.report is None or result.report.passed
+        assert len(result.widened) + len(result.skipped) == len(groups)
+        widened += len(result.widened)
+    assert (widened == 0) == ((half, units) == (6, 4))
