@@ -148,8 +148,11 @@ def plan(node: Node, mappings: dict) -> tuple[np.ndarray, np.ndarray, Elements]:
         mine = new.spaces == space
         sources[mine] = mapping.source[new.units[mine]]
         counts[mine] = mapping.counts[sources[mine]]
-    index = order[np.searchsorted(sorted_keys, key(new.spaces, sources))]
-    return index, counts, new
+    wanted = key(new.spaces, sources)
+    found = np.minimum(np.searchsorted(sorted_keys, wanted), len(sorted_keys) - 1)
+    if np.any(sorted_keys[found] != wanted):  # the widths' classes keep copies where sources are
+        raise ValueError("a copy on a woven axis has no source on it")
+    return order[found], counts, new
 
 
 def _leaf_width(node: Node, space: int) -> int:
