@@ -12,10 +12,12 @@ from onnx import TensorProto, helper, numpy_helper
 from onnx.external_data_helper import ExternalDataInfo, uses_external_data
 
 import onnx_net2net as n2n
-from onnx_net2net.io import save_model
+from onnx_net2net import slices
+from onnx_net2net.io import load_model, save_model
 from onnx_net2net.store import ALIGN, SMALL_ALIGN
 
 from click.testing import CliRunner
+from helpers import build
 
 from onnx_net2net.cli import main
 
@@ -59,6 +61,62 @@ def same_model(written: Path, expected: onnx.ModelProto) -> None:
     for tensor in expected.graph.initializer:
         want = numpy_helper.to_array(tensor)
         assert got[tensor.name].dtype == want.dtype and np.array_equal(got[tensor.name], want), tensor.name
+
+
+def classifier(path: Path) -> Path:
+    """Conv -> Flatten -> Gemm(transB) -> Relu -> Gemm: widening the conv and the first Gemm grows
+    fc1's weight on both axes (its columns copied in blocks of H*W and split, its rows copied
+    and given the fresh copies' noise)."""
+    text = """<ir_version: 8, opset_import: ["" : 17]>
+    net (float[batch, 3, 6, 6] x) => (float[batch, 5] y) {
+        c = Conv <pads = [1, 1, 1, 1]> (x, conv_w, conv_b)
+        r = Relu (c)
+        f = Flatten (r)
+        h = Gemm <transB = 1> (f, fc1_w, fc1_b)
+        a = Relu (h)
+        y = Gemm <transB = 1> (a, fc2_w, fc2_b)
+    }"""
+    model = build(text, {"conv_w": (8, 3, 3, 3), "conv_b": (8,), "fc1_w": (48, 288),
+                         "fc1_b": (48,), "fc2_w": (5, 48), "fc2_b": (5,)})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return path
+
+
+def test_sums_and_std_by_pieces_are_numpys():
+    """The noise's scale is np.std over a whole intermediate; made from pieces, it must be the
+    same float64 (numpy sums pairwise: another split order changes the last bits)."""
+    rng = np.random.default_rng(0)
+    for size in (1, 7, 129, 1000, 100_003, 1_000_003):
+        values = rng.standard_normal(size)
+        for leaf in (128, 1000, 65536):
+            assert slices.pairwise_sum(size, lambda a, b: np.add.reduce(values[a:b]), leaf) == np.add.reduce(values)
+    for shape, dtype in [((7,), np.float32), ((37, 291), np.float32), ((3, 5, 7, 11), np.float64),
+                         ((1000, 1001), np.float64), ((300_007,), np.float32)]:
+        values = (rng.standard_normal(shape) * 10.0 ** rng.uniform(-8, 8, shape)).astype(dtype)
+        for budget in (64, 10_000, 1 << 20):  # leaves of 128 to 65536 elements, slabs of 1 row or more
+            got = slices._std(values, [], values.shape, budget)
+            assert got.tobytes() == np.std(values.astype(np.float64)).tobytes(), (shape, budget)
+
+
+@pytest.mark.parametrize("budget", [None, 2048])
+@pytest.mark.parametrize("split, noise", [("fresh", 0.0), ("fresh", 0.1), ("equal", 0.0), ("equal", 0.3),
+                                          ("random-unit", 0.0), ("antithetic", 0.0)])
+@pytest.mark.parametrize("model", ["classifier", "mlp-inline", "mlp-external"])
+def test_streamed_weights_are_the_in_memory_bytes(tmp_path, monkeypatch, budget, split, noise, model):
+    """Weights made a slice at a time (down to a few rows with a small budget) are the whole-weight
+    transform's bytes: the same mappings, noise draws in the same order, the same roundings."""
+    if budget:
+        monkeypatch.setattr(slices, "BUDGET", budget)
+    made = tmp_path / "in" / "m.onnx"
+    source = classifier(made) if model == "classifier" else mlp(made, external=model == "mlp-external", width=96)
+    out = tmp_path / "out" / "wide.onnx"
+    options = dict(widen_all="x1.5", seed=5, split=split, noise=noise, verify=False)
+    result = n2n.widen_model(load_model(source, mapped=True), {}, output=out, **{k: v for k, v in options.items()
+                                                                                if k != "widen_all"},
+                             widen_all="x1.5")
+    assert result.exact == (noise == 0 or split == "fresh")
+    same_model(out, n2n.widen(source, **options))
 
 
 @pytest.mark.parametrize("external", [False, True])

@@ -1,0 +1,175 @@
+"""A widened weight made one slice at a time, straight into its place in the output file.
+
+`widening._transform` makes each step's whole result; for the largest weights (a classifier's
+first layer grows on both axes) the steps' results and their float64 copies coexist, several
+times the weight. Here the same steps (gathers along distinct axes, each optionally scaled
+per position, one optionally given Net2Net's noise) run on one slice of the result at a time,
+with the same float operations and the same random draws in the same order. The noise's
+scale, a standard deviation over a whole intermediate, is summed the way numpy sums it, so
+the bytes written are the bytes `_transform` makes.
+"""
+
+from __future__ import annotations
+
+import mmap
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from . import store
+
+# Float64 bytes of one slice's largest intermediate (8 MiB: as fast as larger slices, measured
+# on VGG-19); the pairwise sums' leaves are 1/16 of it.
+BUDGET = 1 << 23
+# Slices along a later axis are strided in the file: each page written is faulted in once per
+# slice that touches it, so such slices grow (up to WIDER times the budget) to cover a page.
+PAGE, WIDER = mmap.PAGESIZE, 8
+
+
+@dataclass
+class Noise:
+    """Noise on the copies' positions (`mask`) of a step's result: normal, of std `amount`
+    times the std of the values before the step, drawn from `rng` (shared with other weights)."""
+
+    mask: np.ndarray
+    amount: float
+    rng: np.random.Generator
+
+
+@dataclass
+class Step:
+    """New position j along `axis` copies position index[j]; then, in float64, each position is
+    multiplied by `factor` (divided when `divide`), or gets `noise`."""
+
+    axis: int
+    index: np.ndarray
+    factor: np.ndarray | None = None
+    divide: bool = False
+    noise: Noise | None = None
+
+
+def shapes(shape: tuple[int, ...], steps: list[Step]) -> list[tuple[int, ...]]:
+    """The shape before any step, then after each."""
+    out = [tuple(shape)]
+    for step in steps:
+        out.append(out[-1][:step.axis] + (len(step.index),) + out[-1][step.axis + 1:])
+    return out
+
+
+def build(source: np.ndarray, steps: list[Step], reserve: Callable, budget: int | None = None) -> np.ndarray | None:
+    """Write the steps' result a slice at a time into `reserve(shape, dtype)` (a store.Reserved)
+    and return what it holds then; None (nothing drawn, nothing written) when it cannot take it."""
+    budget = budget or BUDGET
+    levels = shapes(source.shape, steps)
+    slot = reserve(levels[-1], source.dtype)
+    if slot is None:
+        return None
+    noisy = [k for k, step in enumerate(steps) if step.noise is not None]
+    axis = steps[noisy[0]].axis if noisy else 0  # slices along the noise's axis draw in its order
+    scale = 0.0
+    if noisy:
+        k = noisy[0]
+        scale = float(_std(source, steps[:k], levels[k], budget)) * steps[k].noise.amount
+    across = max(int(np.prod(shape, dtype=np.int64)) // max(shape[axis], 1) for shape in levels)
+    count = max(1, budget // (8 * max(across, 1)))
+    if any(d > 1 for d in levels[-1][:axis]):  # strided writes: a page or more per run, as memory allows
+        run = int(np.prod(levels[-1][axis + 1:], dtype=np.int64)) * source.dtype.itemsize
+        count = max(count, min(-(-PAGE // run), WIDER * count))
+    for start in range(0, levels[-1][axis], count):
+        positions = np.arange(start, min(start + count, levels[-1][axis]))
+        slot.write(_slice(source, steps, axis, positions, scale), axis, start)
+        if axis == 0:  # slices along a later axis read every page of the source again
+            store.drop_pages(source)
+    store.drop_pages(source)
+    return slot.finish()
+
+
+def _slice(source: np.ndarray, steps: list[Step], axis: int, positions: np.ndarray, scale: float = 0.0) -> np.ndarray:
+    """The steps' result at `positions` along `axis` (every other axis whole), made from only
+    the source's slices those positions come from."""
+    at = [positions]  # positions along `axis` after each step, last step first
+    for step in reversed(steps):
+        at.append(step.index[at[-1]] if step.axis == axis else at[-1])
+    at.reverse()
+    block = _gather(source, at[0], axis)
+    for number, step in enumerate(steps, start=1):
+        if step.axis != axis:
+            block = _gather(block, step.index, step.axis)
+        if step.factor is not None:
+            factor = step.factor[at[number]] if step.axis == axis else step.factor
+            block = _scaled(block, step.axis, factor, step.divide)
+        if step.noise is not None:
+            block = _noisy(block, step.axis, step.noise.mask[at[number]], scale, step.noise.rng)
+    return block
+
+
+def _gather(values: np.ndarray, index: np.ndarray, axis: int) -> np.ndarray:
+    """np.take; by indexing where the values are unaligned (an inline model's weights, mapped),
+    which np.take copies element by element."""
+    if values.flags.aligned:
+        return np.take(values, index, axis=axis)
+    return values[(slice(None),) * axis + (index,)]
+
+
+def _scaled(block: np.ndarray, axis: int, factor: np.ndarray, divide: bool) -> np.ndarray:
+    """splitting.contract's float64 product or quotient, rounded back to the weight's dtype
+    (elementwise, so any slice gives the same bits; numpy rounds as astype does)."""
+    shape = [1] * block.ndim
+    shape[axis] = -1
+    factor = np.asarray(factor, np.float64).reshape(shape)
+    out = np.empty_like(block)
+    (np.true_divide if divide else np.multiply)(block, factor, out=out, dtype=np.float64, casting="unsafe")
+    return out
+
+
+def _noisy(block: np.ndarray, axis: int, mask: np.ndarray, scale: float, rng: np.random.Generator) -> np.ndarray:
+    """widening._add_noise on a slice along its own axis: the draws continue the whole's, and
+    only the copies' entries (the rest round-trip float64 unchanged) are touched."""
+    where = (slice(None),) * axis + (np.flatnonzero(mask),)
+    copies = block[where].astype(np.float64)
+    draws = rng.normal(0.0, scale, size=(copies.shape[axis],) + copies.shape[:axis] + copies.shape[axis + 1:])
+    copies += np.moveaxis(draws, 0, axis)  # drawn copy by copy, as along the axis moved first
+    block[where] = copies.astype(block.dtype)
+    return block
+
+
+def _std(source: np.ndarray, steps: list[Step], shape: tuple[int, ...], budget: int) -> np.float64:
+    """np.std of the steps' result as float64, made a slab of rows at a time."""
+    size = int(np.prod(shape, dtype=np.int64))
+    row = max(size // max(shape[0], 1), 1)
+    rows_per_slab = max(1, budget // (8 * row))
+    cached: list = [0, 0, np.empty(0)]  # first row, end row, their values flat
+
+    def flat(start: int, stop: int) -> np.ndarray:
+        if not (cached[0] * row <= start and stop <= cached[1] * row):
+            first = start // row
+            end = max(-(-stop // row), min(first + rows_per_slab, shape[0]))
+            cached[:] = [first, end, _slice(source, steps, 0, np.arange(first, end)).reshape(-1)]
+            store.drop_pages(source)
+        return cached[2][start - cached[0] * row:stop - cached[0] * row]
+
+    leaf = max(128, budget // 16)  # numpy splits only runs longer than 128
+    mean = pairwise_sum(size, lambda a, b: np.add.reduce(flat(a, b).astype(np.float64)), leaf) / np.intp(size)
+
+    def squares(a: int, b: int) -> np.float64:
+        part = np.subtract(flat(a, b), mean, dtype=np.float64)
+        return np.add.reduce(np.square(part, out=part))
+
+    return np.sqrt(pairwise_sum(size, squares, leaf) / np.intp(size))
+
+
+def pairwise_sum(size: int, leaf_sum: Callable[[int, int], np.float64], leaf: int) -> np.float64:
+    """numpy's sum of a contiguous float64 array of `size` elements, from sums of its pieces.
+
+    numpy sums pairwise: a run longer than 128 is split at half its length rounded down to a
+    multiple of 8, and the halves' sums added. Splitting the same way down to runs of at most
+    `leaf` (128 or more), each summed by numpy (`leaf_sum(start, stop)`), gives the same bits."""
+    def total(start: int, count: int) -> np.float64:
+        if count <= leaf:
+            return np.float64(leaf_sum(start, start + count))
+        half = count // 2
+        half -= half % 8
+        return total(start, half) + total(start + half, count - half)
+
+    return total(0, size)
