@@ -491,6 +491,14 @@ class StreamedOutput:
             self._write_model(handle, self.data_temp.name)
         return self.model_path
 
+    def extra(self, target: Path) -> Path:
+        """A temporary for another file of this output (its weights as safetensors): renamed into
+        place with it, before the model; removed with it on any failure. Returns its path."""
+        self.files.open(real(target)).close()
+        entry = self.files.pending.pop()
+        self.files.pending.insert(len(self.files.pending) - (self.model_path is not None), entry)
+        return entry[0]
+
     def _write_model(self, handle: BinaryIO, location: str) -> None:
         if self.external:
             for tensor in self.model.graph.initializer:
