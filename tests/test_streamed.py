@@ -178,3 +178,63 @@ def test_mismatch_leaves_nothing(tmp_path):
     broken.write_bytes(broken.read_bytes()[:100])  # data shorter than its entries: refused, nothing written
     result = invoke("widen", source, "-o", out, "fc1=x2")
     assert result.exit_code == 2 and list(out.parent.iterdir()) == []
+
+
+def transposed(path: Path) -> Path:
+    """MatMul(x, Transpose(fc.weight)) twice, weights external: the weights file stores them back
+    in the framework's (out, in) layout, so each is transposed on the way out."""
+    rng = np.random.default_rng(1)
+    inits = [numpy_helper.from_array(rng.standard_normal((48, 32)).astype(np.float32), "fc1.weight"),
+             numpy_helper.from_array(rng.standard_normal(48).astype(np.float32), "fc1.bias"),
+             numpy_helper.from_array(rng.standard_normal((8, 48)).astype(np.float32), "fc2.weight")]
+    nodes = [helper.make_node("Transpose", ["fc1.weight"], ["t1"], perm=[1, 0]),
+             helper.make_node("MatMul", ["x", "t1"], ["m1"], name="fc1"),
+             helper.make_node("Add", ["m1", "fc1.bias"], ["a1"]),
+             helper.make_node("Relu", ["a1"], ["r1"]),
+             helper.make_node("Transpose", ["fc2.weight"], ["t2"], perm=[1, 0]),
+             helper.make_node("MatMul", ["r1", "t2"], ["y"], name="fc2")]
+    graph = helper.make_graph(nodes, "t", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 32])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 8])], inits)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path),
+              save_as_external_data=True, location=path.name + ".data", size_threshold=1024)
+    return path
+
+
+@pytest.mark.parametrize("command", ["widen", "deepen"])
+def test_weights_out_streams_the_in_memory_bytes(tmp_path, command):
+    """--weights-out no longer holds the model in memory: the model and the safetensors file are
+    the in-memory path's bytes, the file takes the model's permissions, and nothing else is left."""
+    source = transposed(tmp_path / "in" / "t.onnx")
+    out, weights = tmp_path / "out" / "g.onnx", tmp_path / "out" / "g.safetensors"
+    args = ["--all", "x1.5", "--seed", "2"] if command == "widen" else ["fc1", "--residual"]
+    result = invoke(command, source, "-o", out, *args, "--weights-out", weights)
+    assert result.exit_code == 0, result.stderr
+    expected = (n2n.widen(source, widen_all="x1.5", seed=2, verify=False) if command == "widen"
+                else n2n.deepen(source, ["fc1"], residual=True, verify=False))
+    same_model(out, expected)
+    n2n.save_weights(expected, tmp_path / "memory.safetensors")
+    assert weights.read_bytes() == (tmp_path / "memory.safetensors").read_bytes()
+    assert {"fc1.weight", "fc2.weight"} <= set(n2n.read_weights(weights))
+    assert weights.stat().st_mode == out.stat().st_mode
+    assert sorted(p.name for p in out.parent.iterdir()) == ["g.onnx", "g.onnx.data", "g.safetensors"]
+
+
+def test_apply_streams_each_step_and_writes_the_in_memory_bytes(tmp_path, monkeypatch):
+    """A plan's steps read each other's results from temporary files beside the output; the model
+    and weights written are those of the steps chained in memory, and no step's files remain."""
+    monkeypatch.setattr(slices, "BUDGET", 4096)
+    source = mlp(tmp_path / "in" / "m.onnx", external=True, width=64)
+    plan = tmp_path / "plan.toml"
+    plan.write_text('seed = 4\nweights_out = true\n[[step]]\nwiden = { all = "x1.5" }\n'
+                    '[[step]]\ndeepen = ["fc1"]\nresidual = true\n[[step]]\nwiden = { fc0 = "x2" }\nnoise = 0.1\n')
+    outdir = tmp_path / "out"
+    result = invoke("apply", plan, source, "-o", outdir, "--workers", "1")
+    assert result.exit_code == 0, result.stderr
+    model = n2n.widen_model(source, {}, widen_all="x1.5", seed=4, verify=False).model
+    model = n2n.deepen_model(model, ["fc1"], residual=True, seed=4, verify=False).model
+    model = n2n.widen_model(model, {"fc0": "x2"}, noise=0.1, seed=4, verify=False).model
+    same_model(outdir / "m.onnx", model)
+    n2n.save_weights(model, tmp_path / "memory.safetensors")
+    assert (outdir / "m.safetensors").read_bytes() == (tmp_path / "memory.safetensors").read_bytes()
+    assert sorted(p.name for p in outdir.iterdir()) == ["m.onnx", "m.onnx.data", "m.safetensors"]
