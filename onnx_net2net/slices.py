@@ -125,12 +125,17 @@ def _scaled(block: np.ndarray, axis: int, factor: np.ndarray, divide: bool) -> n
 
 def _noisy(block: np.ndarray, axis: int, mask: np.ndarray, scale: float, rng: np.random.Generator) -> np.ndarray:
     """widening._add_noise on a slice along its own axis: the draws continue the whole's, and
-    only the copies' entries (the rest round-trip float64 unchanged) are touched."""
-    where = (slice(None),) * axis + (np.flatnonzero(mask),)
-    copies = block[where].astype(np.float64)
-    draws = rng.normal(0.0, scale, size=(copies.shape[axis],) + copies.shape[:axis] + copies.shape[axis + 1:])
-    copies += np.moveaxis(draws, 0, axis)  # drawn copy by copy, as along the axis moved first
-    block[where] = copies.astype(block.dtype)
+    only the copies' entries (the rest round-trip float64 unchanged) are touched, in place when
+    they are one run (new units follow the old ones)."""
+    chosen = np.flatnonzero(mask)
+    run = len(chosen) > 0 and chosen[-1] - chosen[0] + 1 == len(chosen)
+    where = (slice(None),) * axis + ((slice(chosen[0], chosen[-1] + 1) if run else chosen),)
+    copies = block[where]  # a view of a run, else a copy
+    shape = copies.shape[axis:axis + 1] + copies.shape[:axis] + copies.shape[axis + 1:]
+    draws = np.moveaxis(rng.normal(0.0, scale, size=shape), 0, axis)  # drawn copy by copy
+    np.add(copies, draws, out=copies, dtype=np.float64, casting="unsafe")  # float64 sums, rounded
+    if not run:
+        block[where] = copies
     return block
 
 

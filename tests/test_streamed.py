@@ -22,6 +22,9 @@ from helpers import build
 from onnx_net2net.cli import main
 
 
+MODELS = Path(__file__).resolve().parent.parent / "models"
+
+
 def invoke(*args):
     return CliRunner().invoke(main, [str(a) for a in args])
 
@@ -102,14 +105,19 @@ def test_sums_and_std_by_pieces_are_numpys():
 @pytest.mark.parametrize("budget", [None, 2048])
 @pytest.mark.parametrize("split, noise", [("fresh", 0.0), ("fresh", 0.1), ("equal", 0.0), ("equal", 0.3),
                                           ("random-unit", 0.0), ("antithetic", 0.0)])
-@pytest.mark.parametrize("model", ["classifier", "mlp-inline", "mlp-external"])
+@pytest.mark.parametrize("model", ["classifier", "mlp-inline", "mlp-external", "gpt2"])
 def test_streamed_weights_are_the_in_memory_bytes(tmp_path, monkeypatch, budget, split, noise, model):
     """Weights made a slice at a time (down to a few rows with a small budget) are the whole-weight
-    transform's bytes: the same mappings, noise draws in the same order, the same roundings."""
+    transform's bytes: the same mappings, noise draws in the same order, the same roundings.
+    GPT-2's fused query-key-value weight has its new units in three runs along one axis."""
     if budget:
         monkeypatch.setattr(slices, "BUDGET", budget)
     made = tmp_path / "in" / "m.onnx"
-    source = classifier(made) if model == "classifier" else mlp(made, external=model == "mlp-external", width=96)
+    if model == "gpt2":
+        made.parent.mkdir(parents=True)
+        made.write_bytes((MODELS / "hf_gpt2.onnx").read_bytes())
+    source = classifier(made) if model == "classifier" else made if model == "gpt2" else \
+        mlp(made, external=model == "mlp-external", width=96)
     out = tmp_path / "out" / "wide.onnx"
     options = dict(widen_all="x1.5", seed=5, split=split, noise=noise, verify=False)
     result = n2n.widen_model(load_model(source, mapped=True), {}, output=out, **{k: v for k, v in options.items()
