@@ -5,8 +5,9 @@ first layer grows on both axes) the steps' results and their float64 copies coex
 times the weight. Here the same steps (gathers along distinct axes, each optionally scaled
 per position, one optionally given Net2Net's noise) run on one slice of the result at a time,
 with the same float operations and the same random draws in the same order. The noise's
-scale, a standard deviation over a whole intermediate, is summed the way numpy sums it, so
-the bytes written are the bytes `_transform` makes.
+scale is a standard deviation over the whole intermediate before its step: that intermediate
+is made once into an unnamed scratch file, and summed the way numpy sums it, so the bytes
+written are the bytes `_transform` makes.
 """
 
 from __future__ import annotations
@@ -22,9 +23,7 @@ from . import store
 # Float64 bytes of one slice's largest intermediate (8 MiB: as fast as larger slices, measured
 # on VGG-19); the pairwise sums' leaves are 1/16 of it.
 BUDGET = 1 << 23
-# Slices along a later axis are strided in the file: each page written is faulted in once per
-# slice that touches it, so such slices grow (up to WIDER times the budget) to cover a page.
-PAGE, WIDER = mmap.PAGESIZE, 8
+PAGE, WIDER = mmap.PAGESIZE, 8  # see _write
 
 
 @dataclass
@@ -66,14 +65,36 @@ def build(source: np.ndarray, steps: list[Step], reserve: Callable, budget: int 
     if slot is None:
         return None
     noisy = [k for k, step in enumerate(steps) if step.noise is not None]
-    axis = steps[noisy[0]].axis if noisy else 0  # slices along the noise's axis draw in its order
-    scale = 0.0
-    if noisy:
-        k = noisy[0]
-        scale = float(_std(source, steps[:k], levels[k], budget)) * steps[k].noise.amount
+    if not noisy:
+        return _write(source, steps, 0, 0.0, slot, budget)
+    k = noisy[0]
+    with store.Scratch(slot.file.path.parent) as scratch:
+        if k:  # the noise's scale is the std of the values before its step: made once, kept on disk
+            source, steps = _keep(source, steps[:k], levels[k], scratch, budget), steps[k:]
+        scale = float(_std(source, budget)) * steps[0].noise.amount
+        return _write(source, steps, steps[0].axis, scale, slot, budget)  # along the noise's axis: drawn in order
+
+
+def _keep(source: np.ndarray, steps: list[Step], shape: tuple[int, ...], scratch: store.Scratch,
+          budget: int) -> np.ndarray:
+    """The steps' result, made a slab of rows at a time into the scratch file; a read-only map."""
+    rows = max(1, budget // (8 * max(int(np.prod(shape[1:], dtype=np.int64)), 1)))
+    room = scratch.rows(shape, source.dtype)
+    for first in range(0, shape[0], rows):
+        room.write(_slice(source, steps, 0, np.arange(first, min(first + rows, shape[0]))), first)
+        store.drop_pages(source)
+    return room.map()
+
+
+def _write(source: np.ndarray, steps: list[Step], axis: int, scale: float, slot: store.Reserved,
+           budget: int) -> np.ndarray:
+    """The result, slices along `axis` in order; a slice along a later axis is strided in the
+    file, where each page written is faulted in once per slice that touches it: such slices
+    grow (up to WIDER times the budget) to cover a page."""
+    levels = shapes(source.shape, steps)
     across = max(int(np.prod(shape, dtype=np.int64)) // max(shape[axis], 1) for shape in levels)
     count = max(1, budget // (8 * max(across, 1)))
-    if any(d > 1 for d in levels[-1][:axis]):  # strided writes: a page or more per run, as memory allows
+    if any(d > 1 for d in levels[-1][:axis]):
         run = int(np.prod(levels[-1][axis + 1:], dtype=np.int64)) * source.dtype.itemsize
         count = max(count, min(-(-PAGE // run), WIDER * count))
     for start in range(0, levels[-1][axis], count):
@@ -139,20 +160,20 @@ def _noisy(block: np.ndarray, axis: int, mask: np.ndarray, scale: float, rng: np
     return block
 
 
-def _std(source: np.ndarray, steps: list[Step], shape: tuple[int, ...], budget: int) -> np.float64:
-    """np.std of the steps' result as float64, made a slab of rows at a time."""
-    size = int(np.prod(shape, dtype=np.int64))
-    row = max(size // max(shape[0], 1), 1)
+def _std(values: np.ndarray, budget: int) -> np.float64:
+    """np.std(values.astype(np.float64)), holding a slab of rows in float64 at a time."""
+    size = values.size
+    row = max(size // max(values.shape[0], 1), 1)
     rows_per_slab = max(1, budget // (8 * row))
-    cached: list = [0, 0, np.empty(0)]  # first row, end row, their values flat
+    slab: list = [0, 0, np.empty(0)]  # first row, end row, their values flat
 
     def flat(start: int, stop: int) -> np.ndarray:
-        if not (cached[0] * row <= start and stop <= cached[1] * row):
+        if not (slab[0] * row <= start and stop <= slab[1] * row):
             first = start // row
-            end = max(-(-stop // row), min(first + rows_per_slab, shape[0]))
-            cached[:] = [first, end, _slice(source, steps, 0, np.arange(first, end)).reshape(-1)]
-            store.drop_pages(source)
-        return cached[2][start - cached[0] * row:stop - cached[0] * row]
+            end = max(-(-stop // row), min(first + rows_per_slab, values.shape[0]))
+            slab[:] = [first, end, np.asarray(values[first:end]).reshape(-1)]
+            store.drop_pages(values)
+        return slab[2][start - slab[0] * row:stop - slab[0] * row]
 
     leaf = max(128, budget // 16)  # numpy splits only runs longer than 128
     mean = pairwise_sum(size, lambda a, b: np.add.reduce(flat(a, b).astype(np.float64)), leaf) / np.intp(size)

@@ -222,6 +222,31 @@ class Scratch:
         self.handle.flush()
         return np.memmap(self.handle, values.dtype, "r", offset, values.shape)
 
+    def rows(self, shape: tuple[int, ...], dtype: np.dtype) -> ScratchRows:
+        """Room for an array written a run of rows at a time."""
+        dtype = np.dtype(dtype)
+        end = self.handle.seek(0, os.SEEK_END)
+        offset = -(-end // SMALL_ALIGN) * SMALL_ALIGN
+        self.handle.truncate(offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize)
+        return ScratchRows(self.handle, offset, tuple(shape), dtype)
+
+
+class ScratchRows:
+    """An array in a scratch file, written by runs of rows (in any order), then mapped."""
+
+    def __init__(self, handle: BinaryIO, offset: int, shape: tuple[int, ...], dtype: np.dtype) -> None:
+        self.handle, self.offset, self.shape, self.dtype = handle, offset, shape, dtype
+        self.row = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
+
+    def write(self, block: np.ndarray, first: int) -> None:
+        data, at = raw_view(block), self.offset + first * self.row
+        while data:
+            done = os.pwrite(self.handle.fileno(), data, at)
+            data, at = data[done:], at + done
+
+    def map(self) -> np.ndarray:
+        return np.memmap(self.handle, self.dtype, "r", self.offset, self.shape)
+
 
 def external_tensor(proto: onnx.TensorProto, location: str, offset: int, length: int) -> None:
     proto.data_location = onnx.TensorProto.EXTERNAL
