@@ -494,7 +494,12 @@ class StreamedOutput:
     def extra(self, target: Path) -> Path:
         """A temporary for another file of this output (its weights as safetensors): renamed into
         place with it, before the model; removed with it on any failure. Returns its path."""
-        self.files.open(real(target)).close()
+        target = real(target)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            self.files.open(target).close()
+        except OSError as exc:
+            raise Net2NetError(f"{target}: cannot write ({exc.strerror or exc})") from exc
         entry = self.files.pending.pop()
         self.files.pending.insert(len(self.files.pending) - (self.model_path is not None), entry)
         return entry[0]

@@ -215,6 +215,10 @@ def test_weights_out_streams_the_in_memory_bytes(tmp_path, command):
     the in-memory path's bytes, the file takes the model's permissions, and nothing else is left."""
     source = transposed(tmp_path / "in" / "t.onnx")
     out, weights = tmp_path / "out" / "g.onnx", tmp_path / "out" / "g.safetensors"
+    elsewhere = tmp_path / "new" / "folder" / "g.safetensors"  # made, as for any output
+    target = "fc1=x2" if command == "widen" else "fc1"
+    result = invoke(command, source, "-o", tmp_path / "first.onnx", target, "--weights-out", elsewhere)
+    assert result.exit_code == 0 and elsewhere.exists(), result.stderr
     args = ["--all", "x1.5", "--seed", "2"] if command == "widen" else ["fc1", "--residual"]
     result = invoke(command, source, "-o", out, *args, "--weights-out", weights)
     assert result.exit_code == 0, result.stderr
