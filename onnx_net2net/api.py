@@ -92,13 +92,15 @@ def widen_model(source: str | os.PathLike[str] | onnx.ModelProto,
                 seed: int = 0, noise: float = 0.0, verify: bool = True,
                 verify_options: dict | None = None, widen_all: int | float | str | None = None,
                 optional: bool = False, split: str = S.DEFAULT_MODE, split_scale: float | None = None,
-                output: str | os.PathLike[str] | None = None, external_data: str = "auto") -> WidenResult:
+                output: str | os.PathLike[str] | None = None, external_data: str = "auto",
+                weights_out: str | os.PathLike[str] | None = None) -> WidenResult:
     """Widen the named layers (and with `widen_all`, every widenable group by that factor);
     verify against the original unless told not to. `split` shares each unit's outgoing
     weights among its replicas: 'equal', 'random', 'antithetic' or 'fresh' (splitting.py).
     `targets` may be (name, width) pairs, so a name given twice with different widths is
     refused rather than overwritten. With `output` the model is written there as it is made
-    (see `sink`); `result.model` is then the model file without its weights."""
+    (see `sink`); `result.model` is then the model file without its weights. `weights_out`: the
+    grown parameters as a safetensors file too, written only with the model (see `save_weights`)."""
     checks.require(checks.seed_problem(seed), "seed")
     checks.require(checks.amount_problem(noise), "noise")
     check_options(verify_options or {})
@@ -118,13 +120,13 @@ def widen_model(source: str | os.PathLike[str] | onnx.ModelProto,
         raise Net2NetError(f"nothing to widen: no width group can grow by {widen_all} ({why})")
     with sink.target(output, external_data, loaded) as out:
         written, untied = W.apply(graph, analysis, widenings, seed=seed, noise=noise, split=splitting,
-                                  store=out.store)
+                                  store=out.weights)
         model = out.export(graph, loaded)
         result = WidenResult(model, [w.to_json(splitting) for w in widenings], before, parameter_count(graph),
                              blocked=[{"group": g.id, "width": g.width, "reason": g.reason}
                                       for g in analysis.groups if not g.widenable], skipped=skipped, untied=untied,
-                             changed=H.changed_initializers(loaded.model, model, written),
-                             warnings=H.round_trip_warnings(loaded.model),
+                             changed=H.changed_initializers(loaded.model, model, written, out.path),
+                             warnings=H.round_trip_warnings(loaded.model, loaded.path),
                              exact=noise == 0.0 or splitting.exact_with_noise
                              and all(w.group.family & Family.FREE_COPIES for w in widenings))
         if verify:
@@ -132,6 +134,8 @@ def widen_model(source: str | os.PathLike[str] | onnx.ModelProto,
             if not result.report.passed and result.exact:
                 raise VerificationError("the widened model does not reproduce the original's outputs",
                                         result.report, result)
+        if weights_out is not None:
+            out.save_weights(model, weights_out)
         out.commit()
     return result
 
@@ -173,11 +177,11 @@ def deepen_model(source: str | os.PathLike[str] | onnx.ModelProto, targets: list
                  verify: bool = True, verify_options: dict | None = None, optional: bool = False,
                  copy_block: list[str] | str | None = None, repeat: int = 1,
                  name: str | None = None, output: str | os.PathLike[str] | None = None,
-                 external_data: str = "auto") -> DeepenResult:
+                 external_data: str = "auto", weights_out: str | os.PathLike[str] | None = None) -> DeepenResult:
     """Insert an identity layer (or a zero-initialized residual block) after each target, and
     `repeat` zero-initialized copies after each residual block `copy_block` names; `name` is a
-    template for the new layers' names (see deepening.NameTemplate); `output` as in
-    `widen_model`."""
+    template for the new layers' names (see deepening.NameTemplate); `output` and `weights_out`
+    as in `widen_model`."""
     targets = [targets] if isinstance(targets, str) else list(targets or [])
     copy_block = [copy_block] if isinstance(copy_block, str) else list(copy_block or [])
     if not targets and not copy_block:
@@ -206,13 +210,15 @@ def deepen_model(source: str | os.PathLike[str] | onnx.ModelProto, targets: list
         model = out.export(graph, loaded)
         result = DeepenResult(model, [i.to_json() for i in inserted] + [vars(c) for c in copies], before,
                               parameter_count(graph), skipped=skipped,
-                              changed=H.changed_initializers(loaded.model, model, []),
-                              warnings=H.round_trip_warnings(loaded.model))
+                              changed=H.changed_initializers(loaded.model, model, [], out.path),
+                              warnings=H.round_trip_warnings(loaded.model, loaded.path))
         if verify:
             result.report = out.compare(loaded, model, verify_options or {})
             if not result.report.passed:
                 raise VerificationError("the deepened model does not reproduce the original's outputs",
                                         result.report, result)
+        if weights_out is not None:
+            out.save_weights(model, weights_out)
         out.commit()
     return result
 

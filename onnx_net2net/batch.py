@@ -13,20 +13,20 @@ import os
 import signal
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
 import onnx
 from onnx.external_data_helper import uses_external_data
 
-from . import api
+from . import api, sink
 from . import handoff as H
 from .errors import Net2NetError, VerificationError
-from .io import all_tensors, check_output_path, check_writable, data_path, leftover_temps, load_model, real, save_model
+from .io import LoadedModel, all_tensors, check_output_path, check_writable, data_path, leftover_temps, load_model, real
 from .plan import Plan
 from .signals import Interrupted
-from .verification import compare, set_threads
+from .verification import set_threads
 
 MAX_DEFAULT_WORKERS = 4
 
@@ -124,32 +124,29 @@ def default_workers(jobs: int) -> int:
 
 
 def run_job(plan: Plan, job: Job) -> dict:
-    """Apply every step to one model, verify once, write atomically; never raises."""
+    """Apply every step to one model, verify once, write atomically; never raises.
+
+    Weights stay on disk: each step writes its result beside the output under temporary names
+    (the next step reads it from there), and only the last step's, verified against the
+    original from the files, is renamed into place."""
     start = time.perf_counter()
     entry: dict = {"model": str(job.source), "output": str(job.output), "status": "error", "error": None,
                    "steps_done": 0, "steps": [], "parameters": None, "verification": None, "seconds": None,
                    "exact": None, "weights": None, "changed": None, "warnings": []}
+    held: list[sink.ToFile] = []  # the outputs not yet read by the next step, or not yet committed
     try:
-        loaded = load_model(job.source)
-        model, before, after = loaded.model, None, None
+        original = load_model(job.source, mapped=True)
+        current, before, after = original, None, None
         touched: set[str] = set()
         for number, step in enumerate(plan.steps, start=1):
-            seed = plan.seed if step.seed is None else step.seed
-            if step.kind == "widen":
-                result = api.widen_model(model, step.targets, seed=seed, noise=step.noise, verify=False,
-                                         widen_all=step.widen_all, optional=step.optional, split=step.split,
-                                         split_scale=step.split_scale)
-                entry["steps"].append({"step": number, "kind": "widen", "widened": result.widened})
-            elif step.kind == "copy_block":
-                result = api.deepen_model(model, copy_block=step.targets, repeat=step.repeat, verify=False,
-                                          optional=step.optional)
-                entry["steps"].append({"step": number, "kind": "copy_block", "inserted": result.inserted,
-                                       "skipped": result.skipped})
-            else:
-                result = api.deepen_model(model, step.targets, kernel=step.kernel, residual=step.residual,
-                                          batch_norm=step.bn, seed=seed, verify=False, optional=step.optional,
-                                          name=step.name)
-                entry["steps"].append({"step": number, "kind": "deepen", "inserted": result.inserted})
+            last = number == len(plan.steps)
+            # the final output has external data as the original had (or when too large for one file)
+            out = sink.ToFile(job.output, "auto" if last else "always",
+                              replace(current, external_data=original.external_data) if last else current)
+            held.append(out.__enter__())
+            result = _run_step(plan, step, number, current, out, entry)
+            while len(held) > 1:  # the previous step's files: read now
+                held.pop(0).__exit__(None, None, None)
             if number == 1:
                 entry["warnings"] = result.warnings
             touched.update(c["name"] for c in result.changed)
@@ -157,8 +154,10 @@ def run_job(plan: Plan, job: Job) -> dict:
             before = result.parameters_before if before is None else before
             after = result.parameters_after
             entry["steps_done"] = number
+            if not last:
+                current = load_model(out.path, mapped=True)
         entry["parameters"] = {"before": before, "after": after}
-        report = compare(loaded.model, model, **plan.verify_options)
+        report = out.compare(original, model, plan.verify_options)
         entry["verification"] = report.to_json()
         exact = all(step.noise == 0 or step.split == "fresh" for step in plan.steps)
         entry["exact"] = exact
@@ -166,12 +165,11 @@ def run_job(plan: Plan, job: Job) -> dict:
             entry["status"] = "mismatch"
             entry["error"] = "outputs differ from the original's; nothing written"
         else:
-            tensors = H.weights(model) if job.weights else None
-            save_model(model, job.output, external_data=loaded.external_data)
             if job.weights:
-                H.write_weights_after(tensors, job.weights, job.output)
+                out.save_weights(model, job.weights)
                 entry["weights"] = str(job.weights)
-                entry["changed"] = H.changed_initializers(loaded.model, model, sorted(touched))
+                entry["changed"] = H.changed_initializers(original.model, model, sorted(touched), out.path)
+            out.commit()
             entry["status"] = "ok"
     except Net2NetError as exc:
         entry["error"] = str(exc)
@@ -181,8 +179,32 @@ def run_job(plan: Plan, job: Job) -> dict:
         entry["error"] = "out of memory"
     except Exception as exc:  # a bug: reported for this model, the others go on
         entry["error"] = f"internal error: {type(exc).__name__}: {exc}"
+    finally:
+        for out in held:  # temporary files not committed are removed
+            out.__exit__(None, None, None)
     entry["seconds"] = round(time.perf_counter() - start, 3)
     return entry
+
+
+def _run_step(plan: Plan, step, number: int, current: LoadedModel, out: sink.ToFile, entry: dict):
+    """One step, written to `out` (not verified: the whole plan is, once)."""
+    seed = plan.seed if step.seed is None else step.seed
+    if step.kind == "widen":
+        result = api.widen_model(current, step.targets, seed=seed, noise=step.noise, verify=False,
+                                 widen_all=step.widen_all, optional=step.optional, split=step.split,
+                                 split_scale=step.split_scale, output=out)
+        entry["steps"].append({"step": number, "kind": "widen", "widened": result.widened})
+    elif step.kind == "copy_block":
+        result = api.deepen_model(current, copy_block=step.targets, repeat=step.repeat, verify=False,
+                                  optional=step.optional, output=out)
+        entry["steps"].append({"step": number, "kind": "copy_block", "inserted": result.inserted,
+                               "skipped": result.skipped})
+    else:
+        result = api.deepen_model(current, step.targets, kernel=step.kernel, residual=step.residual,
+                                  batch_norm=step.bn, seed=seed, verify=False, optional=step.optional,
+                                  name=step.name, output=out)
+        entry["steps"].append({"step": number, "kind": "deepen", "inserted": result.inserted})
+    return result
 
 
 # Worker-process state: Ctrl-C or SIGTERM interrupts a running job (its atomic write unwinds and
@@ -267,8 +289,8 @@ def run(plan: Plan, jobs: list[Job], workers: int, progress: Callable[[dict], No
                     progress(results[index])
     except KeyboardInterrupt:
         for process in list(getattr(pool, "_processes", {}).values()):
-            try:
-                os.kill(process.pid, signal.SIGINT)
+            try:  # SIGTERM: a worker still starting (no handler yet) ends without a traceback
+                os.kill(process.pid, signal.SIGTERM)
             except ProcessLookupError:
                 pass
         pool.shutdown(wait=True, cancel_futures=True)

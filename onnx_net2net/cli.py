@@ -15,7 +15,7 @@ from . import handoff as H
 from .plan import load_plan
 from .splitting import CLI_MODES, DEFAULT_MODE
 from .errors import Net2NetError, VerificationError
-from .io import check_output_path, leftover_temps, load_model, save_model, save_text
+from .io import check_output_path, leftover_temps, load_model, save_text
 from .report import format_batch, format_deepened, format_groups, format_report, format_widened, handoff_json, json_text
 from .verification import DEFAULT_DIM, DEFAULT_INT_RANGE, Report, compare, load_inputs
 
@@ -163,12 +163,12 @@ def _warn_leftovers(outputs: list[Path]) -> None:
                    err=True)
 
 
-def _load_for_output(model: str, output: str, force: bool, inputs_file: str | None, mapped: bool = True):
-    """Output checks first (cheap, before any heavy work), then the model, then its data files.
-    `mapped`: weights stay on disk, read one at a time (a weights file out needs them read)."""
+def _load_for_output(model: str, output: str, force: bool, inputs_file: str | None):
+    """Output checks first (cheap, before any heavy work), then the model, then its data files
+    (weights stay on disk, read one at a time)."""
     out = check_output_path(output, [Path(model), Path(inputs_file) if inputs_file else None], force)
     _warn_leftovers([out])
-    loaded = load_model(model, mapped=mapped)
+    loaded = load_model(model, mapped=True)
     check_output_path(output, loaded.data_files, force)
     return loaded, out
 
@@ -244,31 +244,24 @@ def widen(model, targets, widen_all, output, seed, split, split_scale, noise, we
         if not sep or not name or not width:
             raise Net2NetError(f"'{item}' is not TARGET=WIDTH (e.g. conv2=96 or fc1=x1.5)")
         requests.append((name, width))
-    loaded, out = _load_for_output(model, output, force, verify["inputs_file"], mapped=not weights_out)
+    loaded, out = _load_for_output(model, output, force, verify["inputs_file"])
     weights = H.check_weights_path(weights_out, [Path(model), *loaded.data_files], force, out) if weights_out else None
     with _json_on_mismatch(as_json, model, out):
         result = api.widen_model(loaded, requests, seed=seed, noise=noise, verify=not no_verify,
                                  verify_options=_verify_kwargs(**verify), widen_all=widen_all, split=split,
-                                 split_scale=split_scale, output=None if weights else out,
-                                 external_data=external_data)
-    _finish(result, out, weights, loaded, external_data)
+                                 split_scale=split_scale, output=out, external_data=external_data,
+                                 weights_out=weights)
+    _warn(result)
     if as_json:
         _emit_json(_result_json(model, out, result, written=True, weights=weights))
     else:
         click.echo(format_widened(result, str(out), weights), err=True)
 
 
-def _finish(result, out, weights, loaded, external_data: str) -> None:
-    """Round-trip warnings; then, when the grown weights are asked for too, the model (built in
-    memory) and its weights, both atomic. Otherwise the model was streamed to OUT already."""
+def _warn(result) -> None:
+    """Round-trip warnings (the model, and its weights when asked for, are written already)."""
     for line in result.warnings:
         click.echo(f"warning: {line}", err=True)
-    if weights is None:
-        return
-    tensors = H.weights(result.model)   # refuses unwritable dtypes before any write
-    external = {"always": True, "never": False}.get(external_data, loaded.external_data)
-    save_model(result.model, out, external_data=external)
-    H.write_weights_after(tensors, weights, out)
 
 
 @main.command()
@@ -305,15 +298,15 @@ def deepen(model, targets, output, copy_block, repeat, kernel, residual, no_bn, 
         raise Net2NetError("nothing to deepen: give TARGET layers or --copy-block TARGET")
     if repeat != 1 and not copy_block:
         raise Net2NetError("--repeat applies to --copy-block; give the blocks to copy")
-    loaded, out = _load_for_output(model, output, force, verify["inputs_file"], mapped=not weights_out)
+    loaded, out = _load_for_output(model, output, force, verify["inputs_file"])
     weights = H.check_weights_path(weights_out, [Path(model), *loaded.data_files], force, out) if weights_out else None
     with _json_on_mismatch(as_json, model, out):
         result = api.deepen_model(loaded, list(targets), kernel=kernel, residual=residual,
                                   batch_norm=not no_bn, seed=seed, verify=not no_verify,
                                   verify_options=_verify_kwargs(**verify), copy_block=list(copy_block),
-                                  repeat=repeat, name=name_template, output=None if weights else out,
-                                  external_data=external_data)
-    _finish(result, out, weights, loaded, external_data)
+                                  repeat=repeat, name=name_template, output=out, external_data=external_data,
+                                  weights_out=weights)
+    _warn(result)
     if as_json:
         _emit_json(_result_json(model, out, result, written=True, weights=weights))
     else:

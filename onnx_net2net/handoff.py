@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from . import store
 from .errors import Net2NetError
-from .io import check_output_path, data_path, real, save_bytes
+from .io import check_output_path, data_path, mapped_values, read_kept, real, save_bytes
 from .graph import TRANSPOSE_OF
 
 # Inputs that only configure shapes, indices or bounds: their constants are not parameters.
@@ -64,14 +67,28 @@ def _config_slot(node: onnx.NodeProto, slot: int) -> bool:
     return slot in _CONFIG_SLOTS.get(node.op_type, ())
 
 
-def _is_zero(tensor: onnx.TensorProto) -> bool:
-    if tensor.data_location == onnx.TensorProto.EXTERNAL:
-        return False  # left on disk (a streamed model): never read here, kept as a parameter
-    return not np.any(numpy_helper.to_array(tensor).astype(np.float64))
+def _is_zero(tensor: onnx.TensorProto, path: Path | None = None) -> bool:
+    if tensor.data_location == onnx.TensorProto.EXTERNAL and path is None:
+        return False  # left on disk where nobody said: never read here, kept as a parameter
+    return not np.any(_values(tensor, path).astype(np.float64))
 
 
-def parameter_names(model: onnx.ModelProto) -> list[str]:
-    """Initializers that are a framework's parameters (see the module docstring), in model order."""
+def _values(tensor: onnx.TensorProto, path: Path | None) -> np.ndarray:
+    """A tensor's values; one left on disk (a streamed model: `path` is its model file) mapped."""
+    if tensor.data_location != onnx.TensorProto.EXTERNAL:
+        return numpy_helper.to_array(tensor)
+    mapped = mapped_values(tensor, path)
+    if mapped is not None:
+        return mapped
+    loaded = onnx.TensorProto()
+    loaded.CopyFrom(tensor)
+    read_kept(loaded, path)
+    return numpy_helper.to_array(loaded)
+
+
+def parameter_names(model: onnx.ModelProto, path: Path | None = None) -> list[str]:
+    """Initializers that are a framework's parameters (see the module docstring), in model order.
+    `path`: the model's file, where weights it left on disk are read from."""
     uses = _uses(model)
     names = []
     for tensor in model.graph.initializer:
@@ -83,19 +100,20 @@ def parameter_names(model: onnx.ModelProto) -> list[str]:
         if GENERATED.search(tensor.name):
             if len(tensor.dims) == 0:
                 continue
-            if slots and all(node.op_type in _LAYERS and slot == 2 for node, slot in slots) and _is_zero(tensor):
+            if slots and all(node.op_type in _LAYERS and slot == 2 for node, slot in slots) \
+                    and _is_zero(tensor, path):
                 continue
         names.append(tensor.name)
     return names
 
 
-def saved_as(model: onnx.ModelProto) -> dict[str, tuple[str, list[int] | None]]:
+def saved_as(model: onnx.ModelProto, path: Path | None = None) -> dict[str, tuple[str, list[int] | None]]:
     """Per parameter, the name it is saved under and the permutation that restores the
     framework's layout: a weight folded from Transpose(fc.weight) goes back as fc.weight."""
     present = {t.name for t in model.graph.initializer}
     docs = {t.name: t.doc_string for t in model.graph.initializer}
     names: dict[str, tuple[str, list[int] | None]] = {}
-    for name in parameter_names(model):
+    for name in parameter_names(model, path):
         names[name] = (name, None)
         match = re.match(re.escape(TRANSPOSE_OF) + r" (.+) perm=([\d,]+)$", docs[name])
         if match and match.group(1) not in present:
@@ -104,14 +122,16 @@ def saved_as(model: onnx.ModelProto) -> dict[str, tuple[str, list[int] | None]]:
     return names
 
 
-def changed_initializers(before: onnx.ModelProto, after: onnx.ModelProto, written: list[str]) -> list[dict]:
+def changed_initializers(before: onnx.ModelProto, after: onnx.ModelProto, written: list[str],
+                         path: Path | None = None) -> list[dict]:
     """Parameters that a rewrite added or rewrote, with old (None when added) and new shapes,
-    and the name the weights file stores them under when that differs (`saved_as`)."""
+    and the name the weights file stores them under when that differs (`saved_as`); `path`:
+    where `after` was written."""
     old = {t.name: list(t.dims) for t in before.graph.initializer}
     new = {t.name: list(t.dims) for t in after.graph.initializer}
     touched = set(written)
     changed = []
-    for name, (saved, perm) in saved_as(after).items():
+    for name, (saved, perm) in saved_as(after, path).items():
         if name in old and old[name] == new[name] and name not in touched:
             continue
         entry = {"name": name, "old_shape": old.get(name), "new_shape": new[name]}
@@ -124,10 +144,13 @@ def changed_initializers(before: onnx.ModelProto, after: onnx.ModelProto, writte
     return changed
 
 
-def weights(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+def weights(model: onnx.ModelProto, path: Path | None = None,
+            spill: Callable[[np.ndarray], np.ndarray] | None = None) -> dict[str, np.ndarray]:
     """The parameters as numpy arrays in their own dtypes (bfloat16 and float8 via ml_dtypes),
-    keyed by initializer name (or the framework name a folded transpose came from)."""
-    wanted = saved_as(model)
+    keyed by initializer name (or the framework name a folded transpose came from). Weights
+    left on disk (`path`: the model's file) are mapped; `spill` takes each transposed copy out
+    of memory, so none of them need to be held at once."""
+    wanted = saved_as(model, path)
     out = {}
     for tensor in model.graph.initializer:
         if tensor.name not in wanted:
@@ -135,8 +158,11 @@ def weights(model: onnx.ModelProto) -> dict[str, np.ndarray]:
         if tensor.data_type == onnx.TensorProto.FLOAT4E2M1:
             raise Net2NetError(f"weight '{tensor.name}' has dtype FLOAT4E2M1, which a safetensors file cannot hold")
         name, perm = wanted[tensor.name]
-        value = numpy_helper.to_array(tensor)
-        out[name] = np.ascontiguousarray(value if perm is None else np.transpose(value, perm))
+        value = _values(tensor, path)
+        if perm is not None:
+            value = np.ascontiguousarray(np.transpose(value, perm))
+            value = spill(value) if spill is not None else value
+        out[name] = np.ascontiguousarray(value)
     return out
 
 
@@ -159,8 +185,23 @@ def save_weights(model: onnx.ModelProto, path: str | os.PathLike[str]) -> list[s
 def write_weights(tensors: dict[str, np.ndarray], path: str | os.PathLike[str]) -> list[str]:
     from safetensors.numpy import save
 
-    save_bytes(path, save(tensors, metadata={"producer": "onnx-net2net"}))
+    save_bytes(path, save(tensors, metadata=METADATA))
     return list(tensors)
+
+
+def write_weights_file(tensors: dict[str, np.ndarray], path: Path) -> list[str]:
+    """The same bytes as `write_weights`, written by safetensors straight from the arrays (maps
+    of the model's files: nothing is copied into memory) to `path`, a temporary of the caller."""
+    from safetensors.numpy import save_file
+
+    mode = stat.S_IMODE(os.stat(path).st_mode)
+    with store.shedding(list(tensors.values())):
+        save_file(tensors, str(path), metadata=METADATA)
+    os.chmod(path, mode)  # safetensors puts a file of its own (mode 0600) in place
+    return list(tensors)
+
+
+METADATA = {"producer": "onnx-net2net"}
 
 
 def write_weights_after(tensors: dict[str, np.ndarray], path: Path, model_path: Path) -> list[str]:
@@ -189,11 +230,11 @@ def read_weights(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
             for name, view in deserialize(data)}
 
 
-def round_trip_warnings(model: onnx.ModelProto) -> list[str]:
+def round_trip_warnings(model: onnx.ModelProto, path: Path | None = None) -> list[str]:
     """One line per problem that makes loading weights by name into the source framework fail
     or load the wrong values: generated names, BatchNorm folded into a layer's weights."""
     uses = _uses(model)
-    generated = [onnx_name for onnx_name, (name, _) in saved_as(model).items() if GENERATED.search(name)]
+    generated = [onnx_name for onnx_name, (name, _) in saved_as(model, path).items() if GENERATED.search(name)]
     lines = []
     fused = []
     for node in model.graph.node:

@@ -491,6 +491,19 @@ class StreamedOutput:
             self._write_model(handle, self.data_temp.name)
         return self.model_path
 
+    def extra(self, target: Path) -> Path:
+        """A temporary for another file of this output (its weights as safetensors): renamed into
+        place with it, before the model; removed with it on any failure. Returns its path."""
+        target = real(target)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            self.files.open(target).close()
+        except OSError as exc:
+            raise Net2NetError(f"{target}: cannot write ({exc.strerror or exc})") from exc
+        entry = self.files.pending.pop()
+        self.files.pending.insert(len(self.files.pending) - (self.model_path is not None), entry)
+        return entry[0]
+
     def _write_model(self, handle: BinaryIO, location: str) -> None:
         if self.external:
             for tensor in self.model.graph.initializer:
@@ -502,9 +515,8 @@ class StreamedOutput:
         _copy_fields(self.model, skeleton, skip="graph")
         _copy_fields(self.model.graph, skeleton.graph, skip="initializer")
         handle.write(skeleton.SerializeToString())
-        with open(self.data_temp, "rb") as data:
-            for tensor in self.model.graph.initializer:
-                _write_inline(tensor, handle, data)
+        for tensor in self.model.graph.initializer:
+            _write_inline(tensor, handle, self.data_temp)
 
     def commit(self) -> None:
         """Rename into place: the data file first, the model (now naming the data file's final
@@ -525,9 +537,10 @@ class StreamedOutput:
             raise
 
 
-def _write_inline(tensor: onnx.TensorProto, handle: BinaryIO, data: BinaryIO) -> None:
+def _write_inline(tensor: onnx.TensorProto, handle: BinaryIO, data: Path) -> None:
     """One initializer as its own `graph { initializer { ... } }` record (as `_write_streamed`
-    does), its raw bytes copied from the data file: field order as protobuf serializes it."""
+    does), its raw bytes copied from the data file (in the kernel where it can): field order as
+    protobuf serializes it."""
     if not uses_external_data(tensor):
         body = tensor.SerializeToString()
         record = _GRAPH_INITIALIZER_TAG + _varint(len(body)) + body
@@ -550,12 +563,5 @@ def _write_inline(tensor: onnx.TensorProto, handle: BinaryIO, data: BinaryIO) ->
     body_size = len(head) + info.length + len(tail)
     record_head = _GRAPH_INITIALIZER_TAG + _varint(body_size)
     handle.write(_MODEL_GRAPH_TAG + _varint(len(record_head) + body_size) + record_head + head)
-    data.seek(info.offset)
-    left = info.length
-    while left:
-        chunk = data.read(min(left, 1 << 24))
-        if not chunk:
-            raise OSError("the weights file ended early")
-        handle.write(chunk)
-        left -= len(chunk)
+    store.copy_range(data, info.offset, info.length, handle)
     handle.write(tail)

@@ -12,6 +12,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from . import graph as G
+from . import handoff as H
 from . import store
 from .io import LoadedModel, StreamedOutput
 from .verification import Report, compare
@@ -23,15 +24,13 @@ class InMemory:
     """Today's path: every weight in the graph, a ModelProto at the end."""
 
     path: Path | None = None
+    weights: store.WeightFile | None = None   # where new weights go as they are made (None: kept)
 
     def __enter__(self) -> "InMemory":
         return self
 
     def __exit__(self, *exc) -> None:
         pass
-
-    def store(self, values: np.ndarray) -> np.ndarray:
-        return values
 
     def spill(self, graph: gs.Graph) -> None:
         pass
@@ -41,6 +40,9 @@ class InMemory:
 
     def compare(self, loaded: LoadedModel, model: onnx.ModelProto, options: dict) -> Report:
         return compare(loaded.model, model, **options)
+
+    def save_weights(self, model: onnx.ModelProto, path: str | os.PathLike[str]) -> list[str]:
+        return H.save_weights(model, path)
 
     def commit(self) -> None:
         pass
@@ -60,15 +62,16 @@ class ToFile(InMemory):
     def __exit__(self, *exc) -> None:
         self.output.__exit__(*exc)
 
-    def store(self, values: np.ndarray) -> np.ndarray:
-        return self.output.weights.put(values)
+    @property
+    def weights(self) -> store.WeightFile:
+        return self.output.weights
 
     def spill(self, graph: gs.Graph) -> None:
         """Move new in-memory weights out to the file (after each inserted layer)."""
         for tensor in graph.tensors().values():
             if isinstance(tensor, gs.Constant) and isinstance(tensor._values, np.ndarray) \
                     and store.source_of(tensor._values) is None and tensor._values.dtype.kind != "O":
-                tensor.values = self.store(tensor._values)
+                tensor.values = self.weights.put(tensor._values)
 
     def export(self, graph: gs.Graph, loaded: LoadedModel) -> onnx.ModelProto:
         model = G.export_model(graph, loaded.model, sink=self.output.weights)
@@ -78,14 +81,43 @@ class ToFile(InMemory):
     def compare(self, loaded: LoadedModel, model: onnx.ModelProto, options: dict) -> Report:
         return compare(loaded.model, model, **options, files=(loaded.path, self.path))
 
+    def save_weights(self, model: onnx.ModelProto, path: str | os.PathLike[str]) -> list[str]:
+        """The grown parameters as safetensors, read from the files being written (a weight
+        transposed back goes through a scratch file), renamed into place with the model."""
+        with store.Scratch(self.output.out.parent) as scratch:
+            tensors = H.weights(model, self.path, spill=scratch.put)
+            return H.write_weights_file(tensors, self.output.extra(Path(path)))
+
     def commit(self) -> None:
         self.output.commit()
 
 
-def target(output: str | os.PathLike[str] | None, external_data: str, loaded: LoadedModel) -> InMemory:
-    """A file output needs a model read from a path (its weights are read from beside it)."""
+def target(output: str | os.PathLike[str] | InMemory | None, external_data: str, loaded: LoadedModel):
+    """A file output needs a model read from a path (its weights are read from beside it). A sink
+    given instead belongs to the caller, who commits it (or drops it: a plan's step)."""
+    if isinstance(output, InMemory):
+        return Borrowed(output)
     if output is None:
         return InMemory()
     if loaded.path is None:
         raise ValueError("a streamed output needs a model loaded from a path")
     return ToFile(output, external_data, loaded)
+
+
+class Borrowed:
+    """A caller's sink, used as is: entering, committing and leaving it are the caller's."""
+
+    def __init__(self, sink: InMemory) -> None:
+        self.sink = sink
+
+    def __enter__(self) -> "Borrowed":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+    def commit(self) -> None:
+        pass
+
+    def __getattr__(self, name: str):
+        return getattr(self.sink, name)

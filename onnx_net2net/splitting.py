@@ -131,13 +131,13 @@ def contract(widened: np.ndarray, axis: int, index: np.ndarray, counts: np.ndarr
     per-unit share. `spread` is the original weight's standard deviation (antithetic noise
     is relative to it)."""
     dtype = widened.dtype
-    if not np.issubdtype(dtype, np.floating) and dtype.name != "bfloat16":
+    if not divisible(dtype):
         raise Net2NetError(f"weights of dtype {dtype} cannot be divided among replicas (floats needed)")
     widened = np.ascontiguousarray(widened)
     if widened.ndim == 0:
         return widened
     moved = np.moveaxis(widened, axis, -1)           # a view: writes land in `widened`
-    per_entry = split.per_entry and rng is not None and _has_replicas(index)
+    per_entry = _draws(index, split, rng)
     order = starts = inverse = None
     if per_entry:
         order = np.argsort(index, kind="stable")
@@ -156,6 +156,29 @@ def contract(widened: np.ndarray, axis: int, index: np.ndarray, counts: np.ndarr
     return widened
 
 
+def divisible(dtype: np.dtype) -> bool:
+    return np.issubdtype(dtype, np.floating) or dtype.name == "bfloat16"
+
+
+def elementwise(index: np.ndarray, counts: np.ndarray, shares: np.ndarray, split: Split,
+                rng: np.random.Generator | None) -> tuple[np.ndarray, bool] | None:
+    """What `contract` does to each position when it draws nothing: multiply by a float64 factor
+    (divide, when the flag says so). None when it draws per entry."""
+    if _draws(index, split, rng):
+        return None
+    if _by_shares(split):
+        return np.asarray(shares, np.float64), False
+    return counts.astype(np.float64), True
+
+
+def _draws(index: np.ndarray, split: Split, rng: np.random.Generator | None) -> bool:
+    return split.per_entry and rng is not None and _has_replicas(index)
+
+
+def _by_shares(split: Split) -> bool:
+    return split.kind == "fresh" or split.kind == "random-unit" and split.amount > 0
+
+
 def _has_replicas(index: np.ndarray) -> bool:
     return len(np.unique(index)) < len(index)
 
@@ -167,7 +190,7 @@ def _split_rows(rows: np.ndarray, index, divisor, shares, split: Split, rng, spr
     for start in range(0, rows.shape[0], step):
         slab = rows[start:start + step].astype(np.float64)
         if not per_entry:
-            if split.kind == "fresh" or split.kind == "random-unit" and split.amount > 0:
+            if _by_shares(split):
                 slab *= shares
             else:
                 slab /= divisor

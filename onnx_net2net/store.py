@@ -9,9 +9,13 @@ that was changed is never mistaken for the bytes on disk.
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
 import sys
+import tempfile
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -40,6 +44,41 @@ def map_array(path: Path, offset: int, length: int, data_type: int, dims: list[i
     array = np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=tuple(int(d) for d in dims))
     array.n2n_source = (path, offset, length)
     return array
+
+
+def drop_pages(values: np.ndarray) -> None:
+    """Let the pages a read-only map of a weight has read go from this process (the kernel keeps
+    them cached): reading a large weight slice by slice would otherwise keep all of it resident."""
+    while values is not None:
+        handle = getattr(values, "_mmap", None)
+        if isinstance(handle, mmap.mmap):
+            if getattr(values, "mode", None) == "r" and hasattr(mmap, "MADV_DONTNEED"):
+                try:
+                    handle.madvise(mmap.MADV_DONTNEED)
+                except (OSError, ValueError):
+                    pass
+            return
+        values = getattr(values, "base", None)
+
+
+@contextlib.contextmanager
+def shedding(arrays: list[np.ndarray], every: float = 0.05) -> Iterator[None]:
+    """While a library reads these maps with the GIL released (safetensors writing a file), let
+    the pages it has read go from this process every `every` seconds: all would stay resident."""
+    done = threading.Event()
+
+    def shed() -> None:
+        while not done.wait(every):
+            for values in arrays:
+                drop_pages(values)
+
+    helper = threading.Thread(target=shed, name="n2n-shed-pages", daemon=True)
+    helper.start()
+    try:
+        yield
+    finally:
+        done.set()
+        helper.join()
 
 
 def source_of(values: object) -> tuple[Path, int, int] | None:
@@ -105,6 +144,22 @@ class WeightFile:
             self.handle.write(raw_view(values))
         return offset, length
 
+    def reserve(self, shape: tuple[int, ...], dtype: np.dtype) -> Reserved | None:
+        """Room for a weight written a slice at a time, or None when the result could not be
+        mapped back (a big-endian host, a dtype onnx has no name for, a small weight)."""
+        dtype = np.dtype(dtype)
+        try:
+            helper.np_dtype_to_tensor_dtype(dtype)
+        except (KeyError, TypeError, ValueError):
+            return None
+        if sys.byteorder != "little" or int(np.prod(shape, dtype=np.int64)) * dtype.itemsize < EXTERNAL_THRESHOLD:
+            return None
+        room = Reserved(self, 0, tuple(int(d) for d in shape), dtype)
+        room.offset = self._start(room.length)
+        self.handle.truncate(room.offset + room.length)
+        self.handle.seek(0, os.SEEK_END)
+        return room
+
     def put(self, values: np.ndarray) -> np.ndarray:
         """Write a new weight out of memory; what callers keep is a map of the file."""
         values = np.asarray(values)
@@ -114,6 +169,83 @@ class WeightFile:
         self.handle.flush()
         mapped = map_array(self.path, offset, length, helper.np_dtype_to_tensor_dtype(values.dtype), list(values.shape))
         return values if mapped is None else mapped
+
+
+class Reserved:
+    """A weight's place in a data file, written a slice at a time (slices.py)."""
+
+    def __init__(self, file: WeightFile, offset: int, shape: tuple[int, ...], dtype: np.dtype) -> None:
+        self.file, self.offset, self.shape, self.dtype = file, offset, shape, dtype
+        self.length = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+
+    def write(self, block: np.ndarray, axis: int, start: int) -> None:
+        """The weight's positions start.. along `axis` (every other axis whole)."""
+        if all(d == 1 for d in self.shape[:axis]):  # one contiguous run of the file
+            inner = int(np.prod(self.shape[axis + 1:], dtype=np.int64)) * self.dtype.itemsize
+            data, at = raw_view(block), self.offset + start * inner
+            while data:
+                done = os.pwrite(self.file.handle.fileno(), data, at)
+                data, at = data[done:], at + done
+            return
+        target = np.memmap(self.file.path, self.dtype, "r+", self.offset, self.shape)
+        target[(slice(None),) * axis + (slice(start, start + block.shape[axis]),)] = block
+        del target  # unmapped: its pages leave this process (the kernel writes them back, no msync)
+
+    def finish(self) -> np.ndarray:
+        """A read-only map of the weight written, which callers keep (as `put` returns)."""
+        return map_array(self.file.path, self.offset, self.length, helper.np_dtype_to_tensor_dtype(self.dtype),
+                         list(self.shape))
+
+
+class Scratch:
+    """An unnamed file beside an output (gone when closed or when the process dies) holding
+    arrays made on the way that need not stay in memory."""
+
+    def __init__(self, folder: Path) -> None:
+        self.handle = tempfile.TemporaryFile(dir=folder)
+
+    def __enter__(self) -> "Scratch":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.handle.close()
+
+    def put(self, values: np.ndarray) -> np.ndarray:
+        """Write an array out of memory; what callers keep is a read-only map of it."""
+        values = np.ascontiguousarray(values)
+        if values.nbytes < EXTERNAL_THRESHOLD:
+            return values
+        end = self.handle.seek(0, os.SEEK_END)
+        offset = -(-end // SMALL_ALIGN) * SMALL_ALIGN
+        self.handle.write(b"\0" * (offset - end))
+        self.handle.write(raw_view(values))
+        self.handle.flush()
+        return np.memmap(self.handle, values.dtype, "r", offset, values.shape)
+
+    def rows(self, shape: tuple[int, ...], dtype: np.dtype) -> ScratchRows:
+        """Room for an array written a run of rows at a time."""
+        dtype = np.dtype(dtype)
+        end = self.handle.seek(0, os.SEEK_END)
+        offset = -(-end // SMALL_ALIGN) * SMALL_ALIGN
+        self.handle.truncate(offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize)
+        return ScratchRows(self.handle, offset, tuple(shape), dtype)
+
+
+class ScratchRows:
+    """An array in a scratch file, written by runs of rows (in any order), then mapped."""
+
+    def __init__(self, handle: BinaryIO, offset: int, shape: tuple[int, ...], dtype: np.dtype) -> None:
+        self.handle, self.offset, self.shape, self.dtype = handle, offset, shape, dtype
+        self.row = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
+
+    def write(self, block: np.ndarray, first: int) -> None:
+        data, at = raw_view(block), self.offset + first * self.row
+        while data:
+            done = os.pwrite(self.handle.fileno(), data, at)
+            data, at = data[done:], at + done
+
+    def map(self) -> np.ndarray:
+        return np.memmap(self.handle, self.dtype, "r", self.offset, self.shape)
 
 
 def external_tensor(proto: onnx.TensorProto, location: str, offset: int, length: int) -> None:

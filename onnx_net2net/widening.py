@@ -9,12 +9,14 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from . import graph as G
+from . import slices
 from . import splitting as S
 from .errors import Net2NetError
 from . import cells as C
 from .analysis import Analysis, Effect, Family, Group
 from .cells import Cells
 from .layout import Mapping, axis_plan, element_mask, new_size
+from .store import WeightFile
 from .targets import NameIndex, is_pattern, parse_width
 
 
@@ -243,16 +245,17 @@ def _class_mapping(before: np.ndarray, after: np.ndarray, old: int, rng: np.rand
 
 
 def apply(graph: gs.Graph, analysis: Analysis, widenings: list[Widening], seed: int = 0,
-          noise: float = 0.0, split: S.Split | None = None, store=None) -> tuple[list[str], list[dict]]:
+          noise: float = 0.0, split: S.Split | None = None,
+          store: WeightFile | None = None) -> tuple[list[str], list[dict]]:
     """Rewrite initializers, shape constants and attributes of every widened group, in place;
     returns the names of the constants written (rewritten or added), and the untyings.
 
     A constant read in ways that need different rewrites (a table tied between an embedding
     lookup, whose columns are copied, and an output head, whose columns are divided) is
-    untied into one copy per way. `store` (an array to an array) takes each new weight as it
-    is made, e.g. out of memory into the output file."""
+    untied into one copy per way. `store` (a store.WeightFile) takes each new weight as it is
+    made, out of memory into the output file; weights it has room for are made there a slice at
+    a time (slices.py), with the same bytes."""
     split = replace(split or S.Split(), seed=seed)
-    store = store or (lambda values: values)
     mappings: dict[int, Mapping] = {}
     fresh: dict[int, np.ndarray] = {}
     shares: dict[int, np.ndarray] = {}
@@ -295,7 +298,13 @@ def apply(graph: gs.Graph, analysis: Analysis, widenings: list[Widening], seed: 
                 continue
             effects = by_slot[(id(slots[0][0]), slots[0][1])]
             source = [_release(tensor) if len(variants) == 1 else np.asarray(tensor.values)]
-            values = store(_transform(source, effects, context, S.entry_rng(split, tensor.name, number)))
+            rng = S.entry_rng(split, tensor.name, number)
+            steps = _steps(source[0], effects, context, rng) if store is not None else None
+            values = slices.build(source[0], steps, store.reserve) if steps is not None else None
+            if values is None:
+                values = _transform(source, effects, context, rng)
+                values = values if store is None else store.put(values)
+            source.clear()
             if len(variants) == 1:
                 tensor.values = values
                 written.append(tensor.name)
@@ -371,13 +380,48 @@ def _transform(holder: list[np.ndarray], effects: list[Effect], ctx: _Context,
             widened = S.contract(widened, effect.axis, index, counts, shares, ctx.split, rng,
                                  _spread(values, ctx.split))
         elif effect.incoming:
-            free = layout.spaces <= ctx.free  # else the split's noise would change a norm or extreme
-            noise = float(np.hypot(ctx.noise, ctx.split.incoming_noise if free else 0.0))
+            noise = _incoming_noise(layout, ctx)
             if noise > 0:
                 widened = _add_noise(widened, values, effect.axis, layout, ctx.fresh, ctx.mappings, noise,
                                      ctx.noise_rng)
         values = widened
     return values
+
+
+def _steps(values: np.ndarray, effects: list[Effect], ctx: _Context,
+           rng: np.random.Generator) -> list[slices.Step] | None:
+    """`_transform`'s effects as steps a slice of the result can be made with, or None when one
+    needs the whole weight: a shape constant, a grouped convolution, a split drawing per entry,
+    two steps on one axis, more than one noisy step. Decides exactly as `_transform` does."""
+    steps: list[slices.Step] = []
+    for effect in effects:
+        if effect.kind not in ("replicate", "contract"):
+            return None
+        layout = ctx.canon[id(effect)]
+        index, counts = axis_plan(layout, ctx.mappings)
+        step = slices.Step(effect.axis, index)
+        if effect.kind == "contract":
+            if values.ndim == 0 or not S.divisible(values.dtype):
+                return None  # `_transform` refuses it, in its words
+            shares = S.element_shares(layout, ctx.shares, ctx.mappings)
+            scaling = S.elementwise(index, counts, shares, ctx.split, rng)
+            if scaling is None:
+                return None
+            step.factor, step.divide = scaling
+        elif effect.incoming:
+            noise = _incoming_noise(layout, ctx)
+            if noise > 0:
+                step.noise = slices.Noise(element_mask(layout, ctx.fresh, ctx.mappings), noise, ctx.noise_rng)
+        steps.append(step)
+    if len({s.axis for s in steps}) < len(steps) or sum(s.noise is not None for s in steps) > 1:
+        return None
+    return steps
+
+
+def _incoming_noise(layout, ctx: _Context) -> float:
+    """The std of the noise on the copies' incoming weights, relative to the weight's."""
+    free = layout.spaces <= ctx.free  # else the split's noise would change a norm or extreme
+    return float(np.hypot(ctx.noise, ctx.split.incoming_noise if free else 0.0))
 
 
 def _spread(values: np.ndarray, split: S.Split) -> float:

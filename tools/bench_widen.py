@@ -1,11 +1,13 @@
 """Benchmark the command line's streamed rewrite against floors measured in the same run.
 
-Modes (each in its own process, so its peak memory (VmHWM) is its own; best of --repeat):
+Modes (each in its own process, so its peak memory (VmHWM) is its own; the range over --repeat runs):
   cp             raw copy of the input's and the output's bytes (model + data files)
   load+save      onnx.load + onnx.save of the widened output (external data if it has some)
   ort-2          build and run plain onnxruntime sessions of the input and the output files
   widen          widen every widenable group, written as it is made, no verification
   widen+verify   the same, verified (sessions from the files on disk)
+  widen+weights  widen, also writing the grown parameters as safetensors (--weights-out)
+  apply          a one-step plan (widen every group) through `apply`'s job, verified, weights out
   widen-memory   the library's in-memory path + save_model (skipped with --no-memory)
   deepen         an identity layer after every exact deepen point, streamed
 
@@ -68,9 +70,19 @@ def _measure(mode: str, source: str, target: str, factor: str, wide: str) -> dic
     elif mode.startswith("widen-memory"):
         save_model(n2n.widen(source, widen_all=factor, verify=False), target,
                    external_data=len(_files(Path(source))) > 1)
+    elif mode == "apply":
+        from onnx_net2net import batch
+        from onnx_net2net.plan import parse_plan
+
+        plan = parse_plan({"weights_out": True, "step": [{"widen": {"all": factor}}]})
+        job = batch.Job(Path(source), Path(target), Path(target).with_suffix(".safetensors"))
+        entry = batch.run_job(plan, job)
+        if entry["status"] != "ok":
+            raise SystemExit(entry["error"])
     elif mode.startswith("widen"):
         n2n.widen_model(load_model(source, mapped=True), {}, widen_all=factor, verify=(mode == "widen+verify"),
-                        output=target)
+                        output=target, weights_out=Path(target).with_suffix(".safetensors")
+                        if mode == "widen+weights" else None)
     else:
         loaded = load_model(source, mapped=True)
         points = [p["target"] for p in n2n.inspect(loaded).deepen if p["exact"]]
@@ -125,8 +137,8 @@ def main() -> None:
         work = tmp / "work"
         work.mkdir()
         wide = tmp / "wide.onnx"
-        modes = ["widen", "cp", "load+save", "ort-2", "widen+verify"] + ["widen-memory"] * (not args.no_memory) + \
-                ["deepen"]
+        modes = ["widen", "cp", "load+save", "ort-2", "widen+verify", "widen+weights", "apply"] + \
+            ["widen-memory"] * (not args.no_memory) + ["deepen"]
         if args.modes:
             modes = ["widen"] + [m for m in modes if m in args.modes.split(",") and m != "widen"]
         runs: dict[str, list[dict]] = {mode: [] for mode in modes}
@@ -136,17 +148,25 @@ def main() -> None:
                 runs[mode].append(_run(mode, source, wide if mode == "widen" else work / "out.onnx", args.factor,
                                        wide))
                 _clear(work, set())
-        results = {mode: min(r, key=lambda x: x["seconds"] if x["seconds"] == x["seconds"] else 1e18)
-                   for mode, r in runs.items()}
         out_mb = sum(p.stat().st_size for p in _files(wide)) / 2**20
-    nan = {"seconds": float("nan")}
-    floor, sessions = results.get("load+save", nan)["seconds"], results.get("ort-2", nan)["seconds"]
+    # ratios pair the n-th run of a mode with the n-th run of its floor (measured side by side)
+    floors = {name: [r["seconds"] for r in runs.get(name, [])] for name in ("load+save", "cp", "ort-2")}
     print(f"{args.model}: {size_mb:.0f} MB in, {out_mb:.0f} MB out (every widenable group {args.factor}); "
-          f"load: {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f}")
-    print(f"{'mode':14}{'seconds':>9}{'/load+save':>12}{'/cp':>7}{'/ort-2':>8}{'peak MB':>10}")
-    for mode, r in results.items():
-        print(f"{mode:14}{r['seconds']:9.2f}{r['seconds'] / floor:12.2f}{r['seconds'] / results.get('cp', nan)['seconds']:7.2f}"
-              f"{r['seconds'] / sessions:8.2f}{r['peak_mb']:10.0f}" + (f"  {r['error']}" if "error" in r else ""))
+          f"{args.repeat} runs; load average {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f}")
+    print(f"{'mode':14} {'seconds':>11} {'/load+save':>11} {'/cp':>11} {'/ort-2':>11} {'peak MB':>11}")
+    for mode, done in runs.items():
+        seconds = [r["seconds"] for r in done]
+        ratios = [_span([s / f for s, f in zip(seconds, floors[name])], 2) if floors[name] else "-"
+                  for name in ("load+save", "cp", "ort-2")]
+        errors = sorted({r["error"] for r in done if "error" in r})
+        print(f"{mode:14} {_span(seconds, 1):>11} {ratios[0]:>11} {ratios[1]:>11} {ratios[2]:>11} "
+              f"{_span([r['peak_mb'] for r in done], 0):>11}" + (f"  {errors[0]}" if errors else ""))
+
+
+def _span(values: list[float], digits: int) -> str:
+    """min-max of the runs (one number when they agree at that precision)."""
+    low, high = f"{min(values):.{digits}f}", f"{max(values):.{digits}f}"
+    return low if low == high else f"{low}-{high}"
 
 
 if __name__ == "__main__":
