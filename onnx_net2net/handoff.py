@@ -182,6 +182,9 @@ def save_weights(model: onnx.ModelProto, path: str | os.PathLike[str]) -> list[s
     return write_weights(weights(model), path)
 
 
+METADATA = {"producer": "onnx-net2net"}
+
+
 def write_weights(tensors: dict[str, np.ndarray], path: str | os.PathLike[str]) -> list[str]:
     from safetensors.numpy import save
 
@@ -199,19 +202,6 @@ def write_weights_file(tensors: dict[str, np.ndarray], path: Path) -> list[str]:
         save_file(tensors, str(path), metadata=METADATA)
     os.chmod(path, mode)  # safetensors puts a file of its own (mode 0600) in place
     return list(tensors)
-
-
-METADATA = {"producer": "onnx-net2net"}
-
-
-def write_weights_after(tensors: dict[str, np.ndarray], path: Path, model_path: Path) -> list[str]:
-    """Write the weights of a model just written; if that fails, the model goes too, so a
-    failed run never leaves a model without the weights asked for."""
-    try:
-        return write_weights(tensors, path)
-    except BaseException:
-        Path(model_path).unlink(missing_ok=True)
-        raise
 
 
 def read_weights(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
