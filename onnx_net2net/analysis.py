@@ -214,7 +214,7 @@ class Analysis:
         """Equal parts of a woven or shuffled axis (ShuffleNet v2's halves): each part's units
         must stay in it at any width, which the part's woven expression records."""
         tree = layout.node
-        if tree is None or len(set(sizes)) != 1 or any(s.space in self._children for s in layout.segments):
+        if tree is None or len(set(sizes)) != 1 or any(self.was_split(s.space) for s in layout.segments):
             self.block(layout, node, "cuts a shuffled axis into unequal parts or after a channel shuffle "
                        "over one space")
             return None
@@ -223,10 +223,9 @@ class Analysis:
             self._woven_rule(part)
         return parts
 
-    @property
-    def split_spaces(self) -> set[int]:
-        """Spaces cut into parts: layouts naming them stand for their parts."""
-        return set(self._children)
+    def was_split(self, space: int | None) -> bool:
+        """Whether the space was cut into parts: layouts naming it stand for its parts."""
+        return space in self._children
 
     def _woven_rule(self, layout: Layout) -> None:
         rule = Woven(layout.woven)
@@ -490,7 +489,7 @@ class Analysis:
             self.shuffled.add(seg.space)
             return replace(layout, segments=(replace(seg, interleave=chunks),))
         tree = layout.node
-        if tree is None or any(s.space is None or s.space in self._children for s in layout.segments):
+        if tree is None or any(s.space is None or self.was_split(s.space) for s in layout.segments):
             self.block(layout, node, f"{what} interleaves units with a part that cannot grow, or with units "
                        "that move in runs")
             return None

@@ -220,7 +220,8 @@ def test_constant_subgraph_biases_fold_like_an_optimized_export():
 INT64_MAX = 2**63 - 1
 
 
-def _sliced(bounds: str, opset: int = 17, concat: bool = False, out: str = "1, 2, 4, 4") -> onnx.ModelProto:
+def _sliced(bounds: str, opset: int = 17, concat: bool = False, out: str = "1, 2, 4, 4",
+            kept: int = 16) -> onnx.ModelProto:
     produce = ("a1 = Conv(x, Wa)\n        a2 = Conv(x, Wb)\n        a = Concat<axis=1>(a1, a2)" if concat
                else "a = Conv(x, Wa)")
     weights = {"Wa": (8, 3, 1, 1), "Wb": (8, 3, 1, 1)} if concat else {"Wa": (16, 3, 1, 1)}
@@ -230,7 +231,7 @@ def _sliced(bounds: str, opset: int = 17, concat: bool = False, out: str = "1, 2
         r = Relu(a)
         {bounds}
         y = Conv(s, Wc)
-    }}""", {**weights, "Wc": (2, 16, 1, 1)})
+    }}""", {**weights, "Wc": (2, kept, 1, 1)})
 
 
 def _inputs(starts, ends, axes=None, steps=None) -> str:
@@ -285,13 +286,7 @@ def test_full_range_slice_with_attributes_before_opset_10():
     (_inputs([-1], [-INT64_MAX], [1], [-1]), 16, "slices the unit axis with step -1"),
 ])
 def test_strided_or_reversed_slice_of_the_unit_axis_blocks(bounds, kept, reason):
-    model = build(HEAD.format(opset=17) + f"""
-    g (float[1, 3, 4, 4] x) => (float[1, 2, 4, 4] y) {{
-        a = Conv(x, Wa)
-        r = Relu(a)
-        {bounds}
-        y = Conv(s, Wc)
-    }}""", {"Wa": (16, 3, 1, 1), "Wc": (2, kept, 1, 1)})
+    model = _sliced(bounds, kept=kept)
     group = group_of(model, "Conv->a")
     assert not group["widenable"] and f"(Slice): {reason}" in group["reason"]
     with pytest.raises(n2n.Net2NetError, match="cannot be widened"):
@@ -308,13 +303,7 @@ def test_strided_or_reversed_slice_of_the_unit_axis_blocks(bounds, kept, reason)
 ])
 def test_partial_slice_of_the_unit_axis_cuts_the_space_into_parts(bounds, kept):
     """The slice's stretch and the rest grow on their own; the bounds follow their new sizes."""
-    model = build(HEAD.format(opset=9 if "Slice<" in bounds else 17) + f"""
-    g (float[1, 3, 4, 4] x) => (float[1, 2, 4, 4] y) {{
-        a = Conv(x, Wa)
-        r = Relu(a)
-        {bounds}
-        y = Conv(s, Wc)
-    }}""", {"Wa": (16, 3, 1, 1), "Wc": (2, kept, 1, 1)})
+    model = _sliced(bounds, opset=9 if "Slice<" in bounds else 17, kept=kept)
     groups = [g for g in n2n.inspect(model).groups if "Conv->a" in g["producers"]]
     assert sum(g["width"] for g in groups) == 16 and all(g["widenable"] for g in groups)
     taken = next(g for g in groups if g["width"] == kept and g["consumers"])

@@ -5,6 +5,7 @@ is checked in onnxruntime against the original."""
 
 from __future__ import annotations
 
+import onnx
 import pytest
 
 import onnx_net2net as n2n

@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 
 import onnx_net2net as n2n
@@ -123,31 +124,42 @@ def test_channels_last_shuffle_on_the_last_axis():
     widen_checked(model, {"MatMul->a": 21})  # any multiple of the 3 shuffle groups
 
 
+def _v2_stage(half: int, units: int) -> "onnx.ModelProto":
+    """A ShuffleNet v2 stage of `units` units with `half` channels per half (no depthwise
+    convs or norms: the channel bookkeeping is what is under test), then a 1x1 conv."""
+    lines = ["a = Conv(x, Wa)", "b = Conv(x, Wb)", "z0 = Concat<axis=1>(a, b)"]
+    weights = {"Wa": (half, 3, 1, 1), "Wb": (half, 3, 1, 1), "Wy": (2, 2 * half, 1, 1)}
+    last = "z0"
+    for k in range(units):
+        lines += [f"v{k} = Reshape({last}, s1)", f"t{k} = Transpose<perm=[0, 2, 1, 3, 4]>(v{k})",
+                  f"w{k} = Reshape(t{k}, s2)"]
+        if k < units - 1:
+            lines += [f"p{k}, q{k} = Split<axis=1>(w{k}, halves)", f"c{k} = Conv(q{k}, Wc{k})",
+                      f"r{k} = Relu(c{k})", f"z{k + 1} = Concat<axis=1>(p{k}, r{k})"]
+            weights[f"Wc{k}"] = (half, half, 1, 1)
+            last = f"z{k + 1}"
+        else:
+            lines.append(f"y = Conv(w{k}, Wy)")
+    body = "\n        ".join(lines)
+    return build(HEAD + f"""
+    g (float[1, 3, 4, 4] x) => (float[1, 2, 4, 4] y) {{
+        s1 = Constant<value=int64[5] {{1, 2, {half}, 4, 4}}>()
+        s2 = Constant<value=int64[4] {{1, {2 * half}, 4, 4}}>()
+        halves = Constant<value=int64[2] {{{half}, {half}}}>()
+        {body}
+    }}""", weights)
+
+
 def _v2() -> "onnx.ModelProto":
-    """ShuffleNet v2: two branches concatenated and shuffled by 2; the next unit splits the
-    result in halves (one passes, one is transformed), concatenates and shuffles again."""
-    return build(HEAD + """
-    g (float[1, 4, 5, 5] x) => (float[1, 3, 5, 5] y) {
-        a = Conv(x, Wa)
-        ra = Relu(a)
-        b = Conv(x, Wb)
-        rb = Relu(b)
-        cat = Concat<axis=1>(ra, rb)
-        s1 = Constant<value=int64[5] {1, 2, 12, 5, 5}>()
-        s2 = Constant<value=int64[4] {1, 24, 5, 5}>()
-        v = Reshape(cat, s1)
-        t = Transpose<perm=[0, 2, 1, 3, 4]>(v)
-        z = Reshape(t, s2)
-        halves = Constant<value=int64[2] {12, 12}>()
-        p, q = Split<axis=1>(z, halves)
-        c = Conv(q, Wc)
-        rc = Relu(c)
-        cat2 = Concat<axis=1>(p, rc)
-        v2 = Reshape(cat2, s1)
-        t2 = Transpose<perm=[0, 2, 1, 3, 4]>(v2)
-        z2 = Reshape(t2, s2)
-        y = Conv(z2, Wd)
-    }""", {"Wa": (12, 4, 1, 1), "Wb": (12, 4, 1, 1), "Wc": (12, 12, 1, 1), "Wd": (3, 24, 1, 1)})
+    """Two branches concatenated and shuffled by 2; the next unit splits the result in halves
+    (one passes, one is transformed), concatenates and shuffles again."""
+    return _v2_stage(12, 2)
+
+
+def _odd_v2() -> "onnx.ModelProto":
+    """10 channels per half: the second cut takes 5 of each branch's interleaved channels,
+    3 from one and 2 from the other."""
+    return _v2_stage(10, 3)
 
 
 def test_shuffled_concatenation_split_in_halves():
@@ -161,34 +173,6 @@ def test_shuffled_concatenation_split_in_halves():
     widen_checked(model, {g["id"]: 24 for g in groups})
     with pytest.raises(n2n.Net2NetError, match="shuffle"):
         n2n.widen(model, {groups[0]["id"]: "x2"}, verify=False)
-
-
-def _odd_v2() -> "onnx.ModelProto":
-    """ShuffleNet v2 with 10 channels per half: the second cut takes 5 of each branch's
-    interleaved channels, 3 from one and 2 from the other."""
-    return build(HEAD + """
-    g (float[1, 4, 5, 5] x) => (float[1, 3, 5, 5] y) {
-        a = Conv(x, Wa)
-        b = Conv(x, Wb)
-        cat = Concat<axis=1>(a, b)
-        s1 = Constant<value=int64[5] {1, 2, 10, 5, 5}>()
-        s2 = Constant<value=int64[4] {1, 20, 5, 5}>()
-        v = Reshape(cat, s1)
-        t = Transpose<perm=[0, 2, 1, 3, 4]>(v)
-        z = Reshape(t, s2)
-        halves = Constant<value=int64[2] {10, 10}>()
-        p, q = Split<axis=1>(z, halves)
-        c = Conv(q, Wc)
-        cat2 = Concat<axis=1>(p, c)
-        v2 = Reshape(cat2, s1)
-        t2 = Transpose<perm=[0, 2, 1, 3, 4]>(v2)
-        z2 = Reshape(t2, s2)
-        p2, q2 = Split<axis=1>(z2, halves)
-        d = Conv(q2, Wd)
-        cat3 = Concat<axis=1>(p2, d)
-        y = Conv(cat3, Wy)
-    }""", {"Wa": (10, 4, 1, 1), "Wb": (10, 4, 1, 1), "Wc": (10, 10, 1, 1), "Wd": (10, 10, 1, 1),
-           "Wy": (3, 20, 1, 1)})
 
 
 def test_odd_halves_of_a_shuffled_stage_widen_exactly():
@@ -342,32 +326,6 @@ def test_four_dimensional_shuffle_of_a_sequence():
     assert group_of(model, "Conv->a")["widenable"]
     widen_checked(model, {"Conv->a": "x2"})
     widen_checked(model, {}, widen_all="x1.5")
-
-
-def _v2_stage(half: int, units: int) -> "onnx.ModelProto":
-    """A ShuffleNet v2 stage of `units` units with `half` channels per half (no depthwise
-    convs or norms: the channel bookkeeping is what is under test), then a 1x1 conv."""
-    lines = ["a = Conv(x, Wa)", "b = Conv(x, Wb)", "z0 = Concat<axis=1>(a, b)"]
-    weights = {"Wa": (half, 3, 1, 1), "Wb": (half, 3, 1, 1), "Wy": (2, 2 * half, 1, 1)}
-    last = "z0"
-    for k in range(units):
-        lines += [f"v{k} = Reshape({last}, s1)", f"t{k} = Transpose<perm=[0, 2, 1, 3, 4]>(v{k})",
-                  f"w{k} = Reshape(t{k}, s2)"]
-        if k < units - 1:
-            lines += [f"p{k}, q{k} = Split<axis=1>(w{k}, halves)", f"c{k} = Conv(q{k}, Wc{k})",
-                      f"r{k} = Relu(c{k})", f"z{k + 1} = Concat<axis=1>(p{k}, r{k})"]
-            weights[f"Wc{k}"] = (half, half, 1, 1)
-            last = f"z{k + 1}"
-        else:
-            lines.append(f"y = Conv(w{k}, Wy)")
-    body = "\n        ".join(lines)
-    return build(HEAD + f"""
-    g (float[1, 3, 4, 4] x) => (float[1, 2, 4, 4] y) {{
-        s1 = Constant<value=int64[5] {{1, 2, {half}, 4, 4}}>()
-        s2 = Constant<value=int64[4] {{1, {2 * half}, 4, 4}}>()
-        halves = Constant<value=int64[2] {{{half}, {half}}}>()
-        {body}
-    }}""", weights)
 
 
 @pytest.mark.parametrize("half,units", [(6, 4), (7, 3), (10, 5), (11, 4), (58, 3)])

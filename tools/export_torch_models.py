@@ -411,11 +411,11 @@ class ShuffleV1Unit(nn.Module):
     """Grouped 1x1, channel shuffle, depthwise 3x3, grouped 1x1; Add (stride 1) or Concat with
     the average-pooled input (stride 2)."""
 
-    def __init__(self, cin: int, cout: int, stride: int, groups: int = 2) -> None:
+    def __init__(self, cin: int, cout: int, stride: int, groups: int = 2, mid: int | None = None) -> None:
         super().__init__()
         self.stride, self.groups = stride, groups
         branch = cout - cin if stride == 2 else cout
-        mid = branch // 2
+        mid = mid or branch // 2
         self.gconv1 = nn.Conv2d(cin, mid, 1, groups=groups, bias=False)
         self.bn1 = nn.BatchNorm2d(mid)
         self.dwconv = nn.Conv2d(mid, mid, 3, stride=stride, padding=1, groups=mid, bias=False)
@@ -433,23 +433,6 @@ class ShuffleV1Unit(nn.Module):
         return F.relu(x + out)
 
 
-class ShuffleV1UnitG3(ShuffleV1Unit):
-    """The paper's unit at three groups: the bottleneck is a quarter of the output, so the
-    shuffled channels' conv groups (12 channels, 3 groups of 4) cut across the shuffle's."""
-
-    def __init__(self, cin: int, cout: int, stride: int) -> None:
-        nn.Module.__init__(self)
-        self.stride, self.groups = stride, 3
-        branch = cout - cin if stride == 2 else cout
-        mid = cout // 4
-        self.gconv1 = nn.Conv2d(cin, mid, 1, groups=3, bias=False)
-        self.bn1 = nn.BatchNorm2d(mid)
-        self.dwconv = nn.Conv2d(mid, mid, 3, stride=stride, padding=1, groups=mid, bias=False)
-        self.bn2 = nn.BatchNorm2d(mid)
-        self.gconv2 = nn.Conv2d(mid, branch, 1, groups=3, bias=False)
-        self.bn3 = nn.BatchNorm2d(branch)
-
-
 class ShuffleNetV1G3(nn.Module):
     """Input [batch, 3, 16, 16]: stem 3->12, a stride-2 unit 12->48 (Concat of 12 pooled and
     36 new channels), two stride-1 units (Add), fc."""
@@ -457,7 +440,10 @@ class ShuffleNetV1G3(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.conv1 = conv_bn_act(3, 12, 3, stride=2, act=nn.ReLU)
-        self.stage2 = nn.Sequential(ShuffleV1UnitG3(12, 48, 2), ShuffleV1UnitG3(48, 48, 1), ShuffleV1UnitG3(48, 48, 1))
+        # the paper's unit at three groups: the bottleneck is a quarter of the output (12), so
+        # the shuffled channels' conv groups (3 groups of 4) cut across the shuffle's
+        self.stage2 = nn.Sequential(*(ShuffleV1Unit(cin, 48, stride, groups=3, mid=12)
+                                      for cin, stride in ((12, 2), (48, 1), (48, 1))))
         self.fc = nn.Linear(48, 10)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -228,7 +228,7 @@ def _woven_concat(analysis: Analysis, node: gs.Node, ins: list[Layout | None], a
         size = int(tensor.shape[axis]) if G.is_constant(tensor) else static_dim(tensor, axis)
         parts.append(weave.Leaf(None, size) if isinstance(size, int) else None)
     present = [x for x in ins if x is not None]
-    if any(p is None for p in parts) or any(s in analysis.split_spaces for x in present for s in x.spaces):
+    if any(p is None for p in parts) or any(analysis.was_split(s) for x in present for s in x.spaces):
         analysis.block(present, node, "concatenates a shuffled axis with units tiled, blocked or of unknown size")
         return None
     return Layout.weave(axis, rank, weave.Cat(tuple(p for p in parts if not (isinstance(p, weave.Leaf) and not p.width))))
