@@ -23,7 +23,7 @@ from onnx.external_data_helper import uses_external_data
 from . import api, sink
 from . import handoff as H
 from .errors import Net2NetError, VerificationError
-from .io import LoadedModel, all_tensors, check_output_path, check_writable, data_path, leftover_temps, load_model, real
+from .io import LoadedModel, all_tensors, check_output_path, check_writable, data_path, discard_uncommitted, leftover_temps, load_model, real
 from .plan import Plan
 from .signals import Interrupted
 from .verification import set_threads
@@ -242,6 +242,7 @@ def _worker_job(plan: Plan, job: Job) -> dict:
     try:
         return run_job(plan, job)
     except KeyboardInterrupt as exc:
+        discard_uncommitted()  # whatever the signal caught between creating and guarding
         if os.getppid() != _WORKER["parent"]:
             os._exit(128 + getattr(exc, "signum", signal.SIGINT))  # cleaned up; nobody to report to
         raise

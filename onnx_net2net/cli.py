@@ -15,7 +15,7 @@ from . import handoff as H
 from .plan import load_plan
 from .splitting import CLI_MODES, DEFAULT_MODE
 from .errors import Net2NetError, VerificationError
-from .io import check_output_path, leftover_temps, load_model, save_text
+from .io import check_output_path, discard_uncommitted, leftover_temps, load_model, save_text
 from .report import format_batch, format_deepened, format_groups, format_report, format_widened, handoff_json, json_text
 from .verification import DEFAULT_DIM, DEFAULT_INT_RANGE, Report, compare, load_inputs
 
@@ -42,6 +42,7 @@ class _Group(click.Group):
             with signals.raising():  # SIGTERM unwinds like Ctrl-C: temporary files are removed
                 return super().invoke(ctx)
         except KeyboardInterrupt as exc:
+            discard_uncommitted()  # whatever a signal caught between creating and guarding
             click.echo(f"interrupted by {signals.name(exc)}: stopped, no partial file left", err=True)
             ctx.exit(signals.exit_code(exc))
         except Net2NetError as exc:

@@ -244,6 +244,23 @@ def _current_umask() -> int:
     return mask
 
 
+# Every temporary not yet renamed or removed, whoever made it: a stop signal can land between
+# a temporary's creation and the `try` meant to clean it up, so the command line's last word
+# on an interruption is to remove what is still here (`discard_uncommitted`).
+_UNCOMMITTED: set[Path] = set()
+
+
+def discard_uncommitted() -> None:
+    """Remove every temporary output file this process created and did not rename into place."""
+    with signals.deferred():
+        for tmp in list(_UNCOMMITTED):
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:
+                pass
+        _UNCOMMITTED.clear()
+
+
 class _AtomicFiles:
     """Temporary files created with mkstemp (O_EXCL, mode set from the umask) beside their
     targets, renamed into place by commit(); every one not committed is removed on failure."""
@@ -256,6 +273,7 @@ class _AtomicFiles:
         with signals.deferred():  # a file created is a file recorded, whenever a signal comes
             fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
             self.pending.append((Path(name), target))
+            _UNCOMMITTED.add(Path(name))
         os.fchmod(fd, self.mode)
         return os.fdopen(fd, "wb")
 
@@ -267,6 +285,7 @@ class _AtomicFiles:
                 tmp, target = self.pending[0]
                 os.replace(tmp, target)
                 self.pending.pop(0)
+                _UNCOMMITTED.discard(tmp)
 
     def drop(self, target: Path) -> None:
         """Remove a temporary that will not be committed (scratch space)."""
@@ -274,6 +293,7 @@ class _AtomicFiles:
             for item in [p for p in self.pending if p[1] == target]:
                 item[0].unlink(missing_ok=True)
                 self.pending.remove(item)
+                _UNCOMMITTED.discard(item[0])
 
     def discard(self) -> None:
         with signals.deferred():  # a second Ctrl-C waits for the cleanup
@@ -282,6 +302,7 @@ class _AtomicFiles:
                     tmp.unlink(missing_ok=True)
                 except OSError:
                     pass
+                _UNCOMMITTED.discard(tmp)
             self.pending.clear()
 
 
@@ -443,14 +464,14 @@ class StreamedOutput:
         try:
             self.out.parent.mkdir(parents=True, exist_ok=True)
             self.data = self.files.open(data_path(self.out))
+            self.data_temp = self.files.pending[-1][0]
+            self.weights = store.WeightFile(self.data, self.data_temp)
         except OSError as exc:
             self.files.discard()
             raise Net2NetError(f"{self.out}: cannot write ({exc.strerror or exc})") from exc
         except BaseException:  # a signal right after the file was created
             self.files.discard()
             raise
-        self.data_temp = self.files.pending[-1][0]
-        self.weights = store.WeightFile(self.data, self.data_temp)
         return self
 
     def __exit__(self, kind, exc, trace) -> None:

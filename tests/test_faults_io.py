@@ -469,6 +469,28 @@ def test_sigterm_while_writing_leaves_no_temporary_file(tmp_path, command):
     assert written == [] or n2n.verify(model, out / "grown.onnx").passed  # a complete file, or none
 
 
+@pytest.mark.parametrize("command", ["widen", "deepen"])
+def test_a_signal_between_creating_and_guarding_a_temporary_leaves_nothing(scene, monkeypatch, command):
+    """The stop lands in the one place no `try` covers yet: the output's data file exists, the
+    object that would remove it has not been entered."""
+    from onnx_net2net import sink
+
+    entered = sink.ToFile.__enter__
+
+    def enter_then_stop(self):
+        entered(self)
+        assert any(TEMP.match(p.name) for p in (scene.root / "out").iterdir())
+        signal.raise_signal(signal.SIGTERM)
+
+    monkeypatch.setattr(sink.ToFile, "__enter__", enter_then_stop)
+    shutil.copy(MLP, scene.root / "mlp.onnx")
+    scene.snapshot()
+    outcome = cli({"widen": "widen", "deepen": "deepen"}[command], "mlp.onnx", "-o", "out/grown.onnx",
+                  *({"widen": ["--all", "x2"], "deepen": ["fc1"]}[command]))
+    scene.check(outcome, 143, "interrupted by SIGTERM", out="out")
+    assert not (scene.root / "out" / "grown.onnx").exists()
+
+
 def _children(pid: int) -> set[int]:
     found = set()
     for stat in Path("/proc").glob("[0-9]*/stat"):
