@@ -340,8 +340,11 @@ class Analysis:
 
     def normalized_over(self, layout: Layout, node: gs.Node, what: str) -> bool:
         """`node` averages over the units of `layout`: exact under a uniform mapping of one
-        space; fixed stretches or several spaces (which may grow by different factors) block."""
-        if len(layout.segments) != 1 or layout.segments[0].space is None or layout.woven is not None:
+        space, even when its units appear several times (Swin's patch merging concatenates four
+        strided views of one tensor); fixed stretches or several spaces (which may grow by
+        different factors) block."""
+        roots = {self.find(s.space) if s.space is not None else None for s in self.canonical(layout).segments}
+        if len(roots) != 1 or None in roots or layout.woven is not None:
             self.block(layout, node, f"{what} over concatenated units, which cannot all grow by one factor")
             return False
         self.restrict(layout, node, Family.UNIFORM,

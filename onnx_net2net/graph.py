@@ -293,6 +293,54 @@ def fold_constants(graph: gs.Graph) -> int:
     return folded
 
 
+def static_value(tensor: gs.Tensor, version: int, limit: int = 64) -> np.ndarray | None:
+    """The value of a tensor computed from constants and static shapes only (torch's legacy
+    `F.pad` computes its pads from the input's shape, every size fixed): the few nodes
+    involved evaluated with onnx's reference implementation. None when anything is dynamic."""
+    value = constant(tensor)
+    if value is not None:
+        return value
+    feeds: dict[str, np.ndarray] = {}
+    nodes: list[gs.Node] = []
+
+    def visit(t: gs.Tensor) -> bool:
+        if isinstance(t, gs.Constant):
+            feeds[t.name] = np.asarray(t.values)
+            return True
+        if is_empty(t) or t.name in feeds or any(t in n.outputs for n in nodes):
+            return True
+        node = t.inputs[0] if t.inputs else None
+        if node is None or not is_default_domain(node) or has_subgraph(node) or len(nodes) >= limit:
+            return False
+        if node.op in ("Shape", "Size"):
+            dims = shape(node.inputs[0])
+            if dims is None or not all(isinstance(d, int) for d in dims):
+                return False
+            if node.op == "Size":
+                feeds[t.name] = np.array(int(np.prod(dims)), np.int64)
+            else:
+                end = attr(node, "end")
+                feeds[t.name] = np.array(dims[int(attr(node, "start", 0)):None if end is None else int(end)], np.int64)
+            return True
+        if not all(visit(i) for i in node.inputs):
+            return False
+        nodes.append(node)
+        return True
+
+    if not visit(tensor) or not nodes:
+        return None
+    from onnx.reference import ReferenceEvaluator
+
+    inputs = [helper.make_tensor_value_info(name, onnx_dtype(v.dtype), list(v.shape)) for name, v in feeds.items()]
+    graph = helper.make_graph([OnnxExporter.export_node(n) for n in nodes], "static", inputs,
+                              [helper.make_empty_tensor_value_info(tensor.name)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", version)])
+    try:
+        return np.asarray(ReferenceEvaluator(model).run(None, feeds)[0])
+    except Exception:  # an op the reference implementation lacks: not known, as for any runtime value
+        return None
+
+
 def _known(node: gs.Node, slot: int) -> bool:
     """An input whose value is known, or of which the op reads only the (known) dtype."""
     tensor = node.inputs[slot]

@@ -261,25 +261,27 @@ def static_dim(tensor: gs.Tensor, axis: int, depth: int = 0) -> int | None:
     return 1 if all(size == 1 for size in sizes) else None
 
 
-def entry_origin(analysis: Analysis, reader: gs.Node, slot: int, index: int) -> tuple[gs.Node, int, int] | None:
+def entry_origin(analysis: Analysis, reader: gs.Node, slot: int, index: int,
+                 literal: bool = True) -> tuple[gs.Node, int, int] | None:
     """Where entry `index` of the runtime shape `reader` reads at `slot` is a literal: (node,
     input slot, position) of the constant piece of a Concat that holds it (through
     Cast/Identity), so it can be rewritten. Keras and JAX exports build flatten shapes as
     Concat(batch dim, [features]). A shape computation other readers share is first copied
-    for this one, so rewriting it never resizes another layer's reshape."""
+    for this one, so rewriting it never resizes another layer's reshape. With `literal`
+    False, a computed piece of one entry is found as well."""
     tensor = analysis.private_input(reader, slot)
     producer = tensor.inputs[0] if tensor.inputs else None
     if producer is None or not G.is_default_domain(producer):
         return None
     if producer.op in ("Cast", "Identity") or producer.op == "Reshape" and G.rank(producer.inputs[0]) == 1:
-        return entry_origin(analysis, producer, 0, index)
+        return entry_origin(analysis, producer, 0, index, literal)
     if producer.op == "Where":
         # torch's expand(-1, ...): Where(Equal(s, -1), ones, s) keeps the literals of s
         choice = _entrywise(producer)
         cond = shape_entries(producer.inputs[0])
         if choice is None or cond is None or index >= len(cond) or not isinstance(cond[index], bool):
             return None
-        return entry_origin(analysis, producer, 1 if cond[index] else 2, index)
+        return entry_origin(analysis, producer, 1 if cond[index] else 2, index, literal)
     if producer.op != "Concat":
         return None
     offset = 0
@@ -288,11 +290,31 @@ def entry_origin(analysis: Analysis, reader: gs.Node, slot: int, index: int) -> 
         if entries is None:
             return None
         if index < offset + len(entries):
-            if G.is_constant(piece):
+            if G.is_constant(piece) or not literal and len(entries) == 1:
                 return producer, piece_slot, index - offset
-            return entry_origin(analysis, producer, piece_slot, index - offset)
+            return entry_origin(analysis, producer, piece_slot, index - offset, literal)
         offset += len(entries)
     return None
+
+
+def inferred_entry(analysis: Analysis, reader: gs.Node, slot: int, index: int, entries: list) -> bool:
+    """Make a Reshape's entry `index`, computed at runtime from sizes that do not follow the
+    units (torch's `C // num_heads` read off another tensor), a -1: the size is then what the
+    other entries leave, right at any width. Only when no other entry is -1; False when the
+    entry is not a piece of its own in a Concat that can be given a literal."""
+    if any(e == -1 for i, e in enumerate(entries) if i != index):
+        return False
+    if G.is_constant(reader.inputs[slot]):
+        return False
+    origin = entry_origin(analysis, reader, slot, index, literal=False)
+    if origin is None:
+        return False
+    concat, piece_slot, _ = origin
+    if G.is_constant(concat.inputs[piece_slot]):
+        return int(np.asarray(concat.inputs[piece_slot].values).reshape(-1)[0]) == -1
+    concat.inputs[piece_slot] = gs.Constant(f"{concat.outputs[0].name}__n2n_infer{piece_slot}",
+                                            np.array([-1], np.int64))
+    return True
 
 
 def normalize_axes(axes, rank: int) -> list[int]:

@@ -12,9 +12,10 @@ from .. import weave
 from ..analysis import Analysis
 from ..layout import Layout, Segment
 from . import register
-from .dims import (Dim, axes_input, dims_of, entry_origin, follows, known_value, normalize_axes, product,
+from .dims import (Dim, axes_input, dims_of, entry_origin, follows, inferred_entry, known_value, normalize_axes, product,
                    shape_entries, static_dim, target_dims)
 from .shuffle import channel_shuffle
+from .stacked import stacked_parts
 
 
 @register("Transpose", follows_extras=True)
@@ -99,6 +100,9 @@ def reshape(analysis: Analysis, node: gs.Node, ins: list[Layout | None]) -> list
     shuffled = channel_shuffle(analysis, node, x, in_dims, entries, out)
     if shuffled is not None:
         return shuffled
+    stacked = stacked_parts(analysis, node, x, in_dims, entries, out, _split_axis)
+    if stacked is not None:
+        return stacked
     found = _merged_axis(in_dims, out, x)
     split = None if found is not None else _split_axis(in_dims, out, x)
     if found is None and split is None:
@@ -125,7 +129,8 @@ def reshape(analysis: Analysis, node: gs.Node, ins: list[Layout | None]) -> list
     elif entry == 0 and (v != x.axis or merged != 1 or leading != 1 or split is not None):
         analysis.block(x, node, "copies a dim (0) that does not follow the unit axis")
         return [None]
-    elif entry is None or isinstance(entry, Dim) and (split is not None or not follows(analysis, entry, x, merged)):
+    elif (entry is None or isinstance(entry, Dim) and (split is not None or not follows(analysis, entry, x, merged))) \
+            and not inferred_entry(analysis, node, 1, v, entries):
         analysis.block(x, node, "the unit axis's size comes from a runtime shape that does not follow the units")
         return [None]
     if split is not None and segment.per != x.segments[0].per:
@@ -521,10 +526,12 @@ def pad(analysis: Analysis, node: gs.Node, ins: list[Layout | None]) -> list[Lay
     pads = G.attr(node, "pads")
     axes = list(range(x.rank))
     if pads is None:
-        value = G.constant(node.inputs[1])
+        value = G.static_value(node.inputs[1], G.opset(analysis.graph))
         if value is None:
             analysis.block(x, node, "pads are computed at runtime")
             return [None]
+        if not G.is_constant(node.inputs[1]):  # static pads computed at runtime: now literals
+            node.inputs[1] = gs.Constant(f"{node.outputs[0].name}__n2n_pads", value.astype(np.int64))
         pads = value.reshape(-1).tolist()
         if len(node.inputs) > 3 and not G.is_empty(node.inputs[3]):
             given = G.constant(node.inputs[3])
