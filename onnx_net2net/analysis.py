@@ -194,12 +194,17 @@ class Analysis:
                 or any(self.find(s) == self.find(t) for s in layout.spaces for t in self.shuffled):
             return self._woven_parts(layout, sizes, node)
         seg = layout.segments[0] if len(layout.segments) == 1 else None
-        if seg is None or seg.space is None or seg.space not in self._children:
+        if seg is not None and (seg.space is None or seg.space not in self._children):
             refined = self.refine(layout, sizes, node)
             return None if refined is None else [replace(layout, segments=(part,)) for part in refined]
         existing = self.canonical(layout).segments
         ends = np.cumsum([part.size for part in existing]).tolist()
         wanted = np.cumsum(sizes).tolist()
+        if layout.outer == 1 and sum(sizes) == layout.size and not set(wanted) <= set(ends):
+            existing = self._cut_further(layout, existing, [w for w in wanted if w not in ends], node)
+            if existing is None:
+                return None
+            ends = np.cumsum([part.size for part in existing]).tolist()
         if layout.outer != 1 or sum(sizes) != layout.size or not set(wanted) <= set(ends):
             self.block(layout, node, "cuts the unit axis where an earlier cut did not")
             return None
@@ -209,6 +214,22 @@ class Analysis:
             out.append(replace(layout, segments=tuple(existing[start:stop])))
             start = stop
         return out
+
+    def _cut_further(self, layout: Layout, existing: tuple[Segment, ...], cuts: list[int],
+                     node: gs.Node) -> tuple[Segment, ...] | None:
+        """Parts of an earlier cut cut again where this one falls inside them (MixNet's and
+        InceptionNeXt's channel groups split differently from block to block)."""
+        for cut in cuts:
+            start = 0
+            for seg in existing:
+                if start < cut < start + seg.size:
+                    if seg.space is None or self.refine(Layout(layout.axis, layout.rank, (seg,)),
+                                                        [cut - start, seg.size - (cut - start)], node) is None:
+                        return None
+                    break
+                start += seg.size
+            existing = self.canonical(layout).segments
+        return existing
 
     def _woven_parts(self, layout: Layout, sizes: list[int], node: gs.Node) -> list[Layout] | None:
         """Equal parts of a woven or shuffled axis (ShuffleNet v2's halves): each part's units
@@ -314,7 +335,7 @@ class Analysis:
         for layout in layouts:
             if layout is None:
                 continue
-            for space in layout.spaces:
+            for space in self.canonical(layout).spaces:  # a space cut into parts: every part
                 root = self.find(space)
                 message = f"{where}: {reason}"
                 if message not in self._reasons.setdefault(root, []):
@@ -328,7 +349,7 @@ class Analysis:
             layouts = [layouts]
         message = f"{G.label(node)} ({node.op}): {reason}"
         for layout in layouts:
-            for space in layout.spaces if layout is not None else ():
+            for space in self.canonical(layout).spaces if layout is not None else ():
                 root = self.find(space)
                 before = self.family(root)
                 self._families[root] = before & family
@@ -376,6 +397,7 @@ class Analysis:
                 return layouts[0]
             self.block(layouts, node, "joins a shuffled axis with units laid out otherwise")
             return None
+        layouts = [self.canonical(layout) for layout in layouts]  # spaces cut earlier: their parts
         widest = max(layouts, key=lambda layout: len(layout.segments))
         self._unsplit = ""
         layouts = [self._refined_like(layout, widest, node) for layout in layouts]

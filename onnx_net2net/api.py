@@ -65,7 +65,9 @@ def _prepare(source: str | os.PathLike[str] | onnx.ModelProto | LoadedModel) -> 
 
 
 def parameter_count(graph: gs.Graph) -> int:
-    return int(sum(int(np.prod(t.shape)) for t in graph.tensors().values() if isinstance(t, gs.Constant)))
+    """Floating-point constants: weights, not the shapes, axes and indices beside them."""
+    return int(sum(int(np.prod(t.shape)) for t in graph.tensors().values()
+                   if isinstance(t, gs.Constant) and "float" in np.dtype(t.dtype).name))
 
 
 def _group_json(group) -> dict:

@@ -293,14 +293,29 @@ def fold_constants(graph: gs.Graph) -> int:
     return folded
 
 
-def static_value(tensor: gs.Tensor, version: int, limit: int = 64) -> np.ndarray | None:
-    """The value of a tensor computed from constants and static shapes only (torch's legacy
-    `F.pad` computes its pads from the input's shape, every size fixed): the few nodes
-    involved evaluated with onnx's reference implementation. None when anything is dynamic."""
+def static_value(tensor: gs.Tensor, version: int) -> np.ndarray | None:
+    """The value of a tensor computed from constants and shapes only (torch's legacy `F.pad`
+    computes its pads from the input's shape): known when runs with different sizes for every
+    dynamic dim agree (the pads read only static sizes). None when anything else is runtime."""
     value = constant(tensor)
     if value is not None:
         return value
+    run = size_function(tensor, version)
+    if run is None:
+        return None
+    first, second = run(7), run(11)  # stand-ins for every dynamic dim
+    if first is None or second is None or first.shape != second.shape or not np.array_equal(first, second):
+        return None
+    return first
+
+
+def size_function(tensor: gs.Tensor, version: int, limit: int = 64):
+    """`tensor` as a function of the shapes it reads, when it is computed from constants and
+    `Shape`/`Size` only: `run(dynamic, grown)` evaluates the few nodes involved with onnx's
+    reference implementation, every dynamic dim `dynamic` and each (tensor name, axis) in
+    `grown` doubled. None when it reads anything else."""
     feeds: dict[str, np.ndarray] = {}
+    reads: dict[str, tuple[gs.Node, list]] = {}  # Shape/Size outputs: the node and the dims it reads
     nodes: list[gs.Node] = []
 
     def visit(t: gs.Tensor) -> bool:
@@ -314,13 +329,10 @@ def static_value(tensor: gs.Tensor, version: int, limit: int = 64) -> np.ndarray
             return False
         if node.op in ("Shape", "Size"):
             dims = shape(node.inputs[0])
-            if dims is None or not all(isinstance(d, int) for d in dims):
+            if dims is None:
                 return False
-            if node.op == "Size":
-                feeds[t.name] = np.array(int(np.prod(dims)), np.int64)
-            else:
-                end = attr(node, "end")
-                feeds[t.name] = np.array(dims[int(attr(node, "start", 0)):None if end is None else int(end)], np.int64)
+            reads[t.name] = (node, dims)
+            feeds[t.name] = np.zeros(0, np.int64)
             return True
         if not all(visit(i) for i in node.inputs):
             return False
@@ -331,14 +343,31 @@ def static_value(tensor: gs.Tensor, version: int, limit: int = 64) -> np.ndarray
         return None
     from onnx.reference import ReferenceEvaluator
 
-    inputs = [helper.make_tensor_value_info(name, onnx_dtype(v.dtype), list(v.shape)) for name, v in feeds.items()]
-    graph = helper.make_graph([OnnxExporter.export_node(n) for n in nodes], "static", inputs,
-                              [helper.make_empty_tensor_value_info(tensor.name)])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", version)])
-    try:
-        return np.asarray(ReferenceEvaluator(model).run(None, feeds)[0])
-    except Exception:  # an op the reference implementation lacks: not known, as for any runtime value
-        return None
+    evaluator = None
+
+    def run(dynamic: int, grown: set[tuple[str, int]] = frozenset()) -> np.ndarray | None:
+        nonlocal evaluator
+        for name, (node, dims) in reads.items():
+            source = node.inputs[0].name
+            values = [(d if isinstance(d, int) else dynamic) * (2 if (source, i) in grown else 1)
+                      for i, d in enumerate(dims)]
+            if node.op == "Size":
+                feeds[name] = np.array(int(np.prod(values)), np.int64)
+            else:
+                end = attr(node, "end")
+                feeds[name] = np.array(values[int(attr(node, "start", 0)):None if end is None else int(end)], np.int64)
+        try:
+            if evaluator is None:
+                inputs = [helper.make_tensor_value_info(n, onnx_dtype(v.dtype), list(v.shape)) for n, v in feeds.items()]
+                graph = helper.make_graph([OnnxExporter.export_node(n) for n in nodes], "sizes", inputs,
+                                          [helper.make_empty_tensor_value_info(tensor.name)])
+                evaluator = ReferenceEvaluator(helper.make_model(graph, opset_imports=[helper.make_opsetid("", version)]))
+            return np.asarray(evaluator.run(None, feeds)[0])
+        except Exception:  # an op the reference implementation lacks: not known, as any runtime value
+            return None
+
+    run.reads = {node.inputs[0].name for node, _ in reads.values()}
+    return run
 
 
 def _known(node: gs.Node, slot: int) -> bool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import onnx_graphsurgeon as gs
 
 from . import graph as G
+from . import size_reads
 from .analysis import Analysis, Group, Producer
 from . import weave
 from .cells import Cells, Woven
@@ -45,6 +46,7 @@ def analyze(graph: gs.Graph) -> Analysis:
     if analysis.added_nodes:
         graph.nodes.extend(analysis.added_nodes)
         graph.toposort()
+    size_reads.settle(analysis)
     for tensor in graph.outputs:
         for layout in (analysis.layouts.get(tensor.name), analysis.extras.get(tensor.name)):
             if layout is None:

@@ -1,7 +1,9 @@
 """Exports whose analysis is still growing: tiny Hugging Face transformers (GPT-2, BERT,
 LLaMA, T5 encoder, ViT; tools/export_transformer_models.py) and CNNs with split, shuffled or
-normalized channels (GhostNet, ShuffleNet v1/v2, ConvNeXt, MLP-Mixer;
-tools/export_torch_models.py), each from both torch exporters.
+normalized channels (GhostNet, ShuffleNet v1/v2, ConvNeXt, MLP-Mixer, MixNet) and vision
+transformers written as timm and torchvision write them (a stacked qkv taken apart by index,
+Swin's runtime pads, head size and query scale, patch merging; tools/export_torch_models.py),
+each from both torch exporters.
 
 Per model, the groups found, widenable, and widenable by kind are pinned (legacy and dynamo
 exports agree), so coverage cannot silently drop; every model loads, is analysed and runs,
@@ -22,7 +24,8 @@ from onnx_net2net.verification import compare, run
 from test_exported_models import EXPECTED, pinned_as
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
-CNNS = ["ghostnet", "shufflenet_v1", "shufflenet_v2", "shufflenet_v1_g3", "shufflenet_v2_deep", "convnext", "mixer"]
+CNNS = ["ghostnet", "shufflenet_v1", "shufflenet_v2", "shufflenet_v1_g3", "shufflenet_v2_deep", "convnext", "mixer",
+        "timm_vit", "swin", "mixnet"]
 NEW = sorted([p.stem for p in MODELS.glob("hf_*.onnx")]
              + [f"torch_{name}{suffix}" for name in CNNS for suffix in ("", "_dynamo")])
 DIMS = {"batch": 2, "seq": 5}
@@ -42,6 +45,11 @@ PINNED = {  # groups, widenable, widenable per kind
     "torch_shufflenet_v1_g3": (6, 5, {"channels": 5}),
     # four units: halves of 12, 6 and 3 channels (an odd cut) woven through three shuffles
     "torch_shufflenet_v2_deep": (12, 11, {"channels": 11}),
+    "torch_timm_vit": (6, 5, TRANSFORMER),
+    # one block, whose query scale is read off the hidden width at runtime (legacy export)
+    "torch_swin": (5, 4, {"hidden": 1, "heads": 1, "ffn": 2}),
+    # 12 channels split 6/3/3, then 4/8: cut at 4, 6 and 9 into four parts
+    "torch_mixnet": (5, 4, {"channels": 4}),
 }
 
 

@@ -612,6 +612,117 @@ class MLPMixer(nn.Module):
         return self.head(x.mean(dim=1))
 
 
+class StackedAttention(nn.Module):
+    """timm's ViT attention: one qkv Linear, `reshape(B, N, 3, H, D).permute(2, 0, 3, 1, 4)`,
+    `unbind(0)` (or, `indexed`, torchvision Swin's `qkv[0], qkv[1], qkv[2]` with the head size
+    and the query scale read off the input at runtime and the output reshaped to its width)."""
+
+    def __init__(self, dim: int, heads: int, indexed: bool = False) -> None:
+        super().__init__()
+        self.heads, self.indexed = heads, indexed
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.scale = (dim // heads) ** -0.5
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, N, C = x.shape
+        if self.indexed:
+            qkv = self.qkv(x).reshape(x.size(0), x.size(1), 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)
+            q, k, v = qkv[0], qkv[1], qkv[2]
+        else:
+            q, k, v = self.qkv(x).reshape(B, N, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
+        scale = (C // self.heads) ** -0.5 if self.indexed else self.scale  # Swin reads it off the input
+        attn = (q * scale @ k.transpose(-2, -1)).softmax(dim=-1)
+        return self.proj((attn @ v).transpose(1, 2).reshape(B, N, C))
+
+
+class ViTBlock(nn.Module):
+    def __init__(self, dim: int, heads: int, indexed: bool = False) -> None:
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.attn = StackedAttention(dim, heads, indexed)
+        self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class TimmViT(nn.Module):
+    """Input [batch, 3, 16, 16]: 4x4 patches embedded to 16, two blocks of 2 heads, head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Conv2d(3, 16, 4, stride=4)
+        self.blocks = nn.Sequential(ViTBlock(16, 2), ViTBlock(16, 2))
+        self.norm = nn.LayerNorm(16)
+        self.head = nn.Linear(16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.blocks(self.embed(x).flatten(2).transpose(1, 2))
+        return self.head(self.norm(x).mean(dim=1))
+
+
+class SwinStage(nn.Module):
+    """torchvision Swin's pieces: channels-last windows padded to a multiple of the window with
+    pads computed from the input's shape, indexed qkv, then patch merging (four strided views
+    concatenated, LayerNorm over all, Linear 4C -> 2C). Input [batch, 3, 12, 12]."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Conv2d(3, 16, 2, stride=2)
+        self.block = ViTBlock(16, 2, indexed=True)
+        self.window = 4
+        self.merge_norm = nn.LayerNorm(64)
+        self.reduction = nn.Linear(64, 32, bias=False)
+        self.head = nn.Linear(32, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.embed(x).permute(0, 2, 3, 1)  # [B, 6, 6, 16]
+        B, H, W, C = x.shape
+        pad_b, pad_r = (self.window - H % self.window) % self.window, (self.window - W % self.window) % self.window
+        x = F.pad(x, (0, 0, 0, pad_r, 0, pad_b))
+        Hp, Wp = H + pad_b, W + pad_r
+        windows = x.reshape(B, Hp // self.window, self.window, Wp // self.window, self.window, C)
+        windows = windows.permute(0, 1, 3, 2, 4, 5).reshape(-1, self.window * self.window, C)
+        windows = self.block(windows)
+        x = windows.reshape(B, Hp // self.window, Wp // self.window, self.window, self.window, C)
+        x = x.permute(0, 1, 3, 2, 4, 5).reshape(B, Hp, Wp, C)
+        x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], -1)
+        x = self.reduction(self.merge_norm(x))
+        return self.head(x.mean(dim=(1, 2)))
+
+
+class MixBlock(nn.Module):
+    """MixNet's mixed depthwise conv: the channels split unevenly, each part with its own kernel
+    size, concatenated back, a pointwise conv, a residual."""
+
+    def __init__(self, channels: int, splits: list[int]) -> None:
+        super().__init__()
+        self.splits = splits
+        self.convs = nn.ModuleList(nn.Conv2d(c, c, 2 * i + 3, padding=i + 1, groups=c) for i, c in enumerate(splits))
+        self.bn = nn.BatchNorm2d(channels)
+        self.pw = nn.Conv2d(channels, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        parts = torch.split(x, self.splits, dim=1)
+        y = torch.cat([conv(p) for conv, p in zip(self.convs, parts)], 1)
+        return x + self.pw(F.relu(self.bn(y)))
+
+
+class MixNet(nn.Module):
+    """Input [batch, 3, 16, 16]: stem to 12 channels, blocks split 6/3/3 then 4/8."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 12, 3, stride=2, padding=1)
+        self.blocks = nn.Sequential(MixBlock(12, [6, 3, 3]), MixBlock(12, [4, 8]))
+        self.head = nn.Linear(12, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.blocks(self.stem(x)).mean(dim=(2, 3)))
+
+
 # name -> (constructor, example input shape with batch first, names of dynamic axes)
 MODELS: dict[str, tuple[type[nn.Module], tuple[int, ...], dict[int, str]]] = {
     "mlp": (MLP, (2, 16), {0: "batch"}),
@@ -632,6 +743,9 @@ MODELS: dict[str, tuple[type[nn.Module], tuple[int, ...], dict[int, str]]] = {
     "shufflenet_v2_deep": (ShuffleNetV2Deep, (2, 3, 16, 16), {0: "batch"}),
     "convnext": (ConvNeXt, (2, 3, 16, 16), {0: "batch"}),
     "mixer": (MLPMixer, (2, 3, 16, 16), {0: "batch"}),
+    "timm_vit": (TimmViT, (2, 3, 16, 16), {0: "batch"}),
+    "swin": (SwinStage, (2, 3, 12, 12), {0: "batch"}),
+    "mixnet": (MixNet, (2, 3, 16, 16), {0: "batch"}),
 }
 
 # Also written as the dynamo exporter's raw output (optimize=False, `torch_<name>_noopt_dynamo.onnx`):

@@ -123,8 +123,8 @@ def shape_entries(tensor: gs.Tensor) -> list[Dim | int | None] | None:
                 return dims[start:None if end is None else int(end)]
         if op in ("Identity", "Cast", "Squeeze", "Unsqueeze"):
             return shape_entries(producer.inputs[0])
-        if op == "Concat":
-            parts = [shape_entries(t) for t in producer.inputs]
+        if op == "Concat":  # a piece computed otherwise (torch's `(H + pad) // w` with Mod) is unknown alone
+            parts = [shape_entries(t) or _unknown(t) for t in producer.inputs]
             if all(p is not None for p in parts):
                 return [e for p in parts for e in p]
         if op == "Slice" and len(producer.inputs) >= 3:
@@ -150,6 +150,11 @@ def shape_entries(tensor: gs.Tensor) -> list[Dim | int | None] | None:
                 return [fill] * known_value(length[0])
         if op in ("Mul", "Add", "Sub", "Div", "Equal", "Where"):
             return _entrywise(producer)
+    return _unknown(tensor)
+
+
+def _unknown(tensor: gs.Tensor) -> list[None] | None:
+    """Entries computed in ways not traced: unknown each, when at least their count is known."""
     dims = G.shape(tensor)
     if dims is not None and len(dims) == 1 and isinstance(dims[0], int):
         return [None] * dims[0]
