@@ -401,3 +401,32 @@ def test_every_split_keeps_normalized_streams_and_heads_exact(split):
 def test_paper_noise_under_a_norm_is_reported_not_exact_even_with_fresh_copies():
     result = n2n.api.widen_model(_transformer_like("op"), {"hidden": "x2"}, noise=0.1, split="fresh")
     assert result.exact is False and result.report is not None
+
+
+@pytest.mark.parametrize("batch", ["N", "1"])
+def test_group_norm_of_one_group_as_torch_writes_it_widens_uniformly(batch):
+    """PoolFormer's GroupNorm(1, C): Reshape [N, 1, C*H*W], InstanceNormalization, Reshape
+    back to the input's runtime shape, per-channel affine. One norm over every unit. With a
+    batch of 1, `[1, 1, C*H*W] -> [1, C, H, W]` reads the channels off axis 1, not axis 0."""
+    model = build(HEAD + f"""
+    agraph (float[{batch}, 3, 4, 4] x) => (float[{batch}, 5] y) {{
+        c = Conv(x, w1)
+        flat_shape = Constant<value=int64[3] {{0, 1, -1}}>()
+        flat = Reshape(c, flat_shape)
+        normed = InstanceNormalization<epsilon=1e-5>(flat, one, zero)
+        back_shape = Shape(c)
+        back = Reshape(normed, back_shape)
+        scaled = Mul(back, gamma)
+        shifted = Add(scaled, beta)
+        a = Relu(shifted)
+        g = GlobalAveragePool(a)
+        f = Flatten(g)
+        y = MatMul(f, w2)
+    }}""", {"w1": (6, 3, 1, 1), "one": np.ones(1, np.float32), "zero": np.zeros(1, np.float32),
+           "gamma": (6, 1, 1), "beta": (6, 1, 1), "w2": (6, 5)})
+    group = group_of(model, "Conv->c")
+    assert group["widenable"] and group["family"] == "uniform"
+    widen_checked(model, {"w1": "x2"})
+    widen_checked(model, {"w1": "x3"})
+    with pytest.raises(n2n.Net2NetError, match="integer factor"):
+        n2n.widen(model, {"w1": "x1.5"}, verify=False)

@@ -39,6 +39,12 @@ def batch_norm(analysis: Analysis, node: gs.Node, ins: list[Layout | None]) -> l
 
 @register("InstanceNormalization")
 def instance_norm(analysis: Analysis, node: gs.Node, ins: list[Layout | None]) -> list[Layout | None]:
+    """On the channel axis, per channel. On the normalized axes: torch's GroupNorm with one
+    group (PoolFormer's) is Reshape `[N, 1, C*H*W]`, InstanceNormalization, Reshape back, which
+    normalizes over all the units at once: exact under uniform copies, as a LayerNorm."""
+    x = ins[0]
+    if x is not None and x.axis >= 2 and not any(ins[1:]):
+        return [x if analysis.normalized_over(x, node, "normalizes") else None]
     return [_per_channel(analysis, node, ins, range(1, 3))]
 
 

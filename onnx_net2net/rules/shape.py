@@ -129,7 +129,8 @@ def reshape(analysis: Analysis, node: gs.Node, ins: list[Layout | None]) -> list
     elif entry == 0 and (v != x.axis or merged != 1 or leading != 1 or split is not None):
         analysis.block(x, node, "copies a dim (0) that does not follow the unit axis")
         return [None]
-    elif (entry is None or isinstance(entry, Dim) and (split is not None or not follows(analysis, entry, x, merged))) \
+    elif (entry is None or isinstance(entry, Dim) and not (follows(analysis, entry, layout, 1) if split is not None
+                                                           else follows(analysis, entry, x, merged))) \
             and not inferred_entry(analysis, node, 1, v, entries):
         analysis.block(x, node, "the unit axis's size comes from a runtime shape that does not follow the units")
         return [None]
@@ -145,6 +146,7 @@ def _split_axis(in_dims: list[Dim], out: list[Dim], x: Layout) -> tuple[int, Seg
     if len(x.segments) != 1 or x.segments[0].space is None or x.outer != 1:
         return None
     seg = x.segments[0]
+    found = []
     for v in range(len(out)):
         for w in range(v + 1, len(out)):
             inner = product(out[v + 1:w + 1])
@@ -155,10 +157,12 @@ def _split_axis(in_dims: list[Dim], out: list[Dim], x: Layout) -> tuple[int, Seg
                 continue
             rest = inner.coef
             if seg.block % rest == 0:
-                return v, replace(seg, block=seg.block // rest)
-            if rest % seg.block == 0 and seg.positions % (rest // seg.block) == 0:
-                return v, Segment(seg.space, seg.units, 1, seg.per * (rest // seg.block))
-    return None
+                found.append((v, replace(seg, block=seg.block // rest)))
+            elif rest % seg.block == 0 and seg.positions % (rest // seg.block) == 0:
+                found.append((v, Segment(seg.space, seg.units, 1, seg.per * (rest // seg.block))))
+    # size-1 axes make several readings fit (`[1, 1, C*H*W] -> [1, C, H, W]`): the finest one
+    # (every unit on its own position, if any) is the reshape's meaning
+    return min(found, key=lambda item: (item[1].per, -item[1].positions)) if found else None
 
 
 def _merged_axis(in_dims: list[Dim], out: list[Dim], x: Layout) -> tuple[int, int, int] | None:
