@@ -15,7 +15,7 @@ import onnx_graphsurgeon as gs
 
 from . import graph as G
 from . import weave
-from .cells import Cells, Woven
+from .cells import Cells, Shared, Woven
 from .layout import Layout, Segment
 
 
@@ -263,7 +263,8 @@ class Analysis:
         if seg.space in self._children:
             return "the space was cut elsewhere before"
         root = self.find(seg.space)
-        if seg.interleave != 1 or any(self.find(s) == root for s in self.shuffled) or self._cells.get(root):
+        if seg.interleave != 1 or any(self.find(s) == root for s in self.shuffled) \
+                or any(not isinstance(rule, Shared) for rule in self._cells.get(root, ())):
             return "the units are read shuffled, or by a grouped convolution across parts"
         units = self._units[root]
         run = seg.block * (seg.positions // units) if seg.positions % units == 0 else 0
@@ -360,16 +361,21 @@ class Analysis:
                         "; ".join(self._limits[root]) + " (no mapping satisfies them all)")
 
     def normalized_over(self, layout: Layout, node: gs.Node, what: str) -> bool:
-        """`node` averages over the units of `layout`: exact under a uniform mapping of one
-        space, even when its units appear several times (Swin's patch merging concatenates four
-        strided views of one tensor); fixed stretches or several spaces (which may grow by
-        different factors) block."""
-        roots = {self.find(s.space) if s.space is not None else None for s in self.canonical(layout).segments}
-        if len(roots) != 1 or None in roots or layout.woven is not None:
-            self.block(layout, node, f"{what} over concatenated units, which cannot all grow by one factor")
+        """`node` averages over the units of `layout`: exact under a uniform mapping, even when
+        one space's units appear several times (Swin's patch merging concatenates four strided
+        views of one tensor); several spaces are tied to one factor; fixed stretches block."""
+        canonical = self.canonical(layout)
+        roots = {s.space if s.space is not None else None for s in canonical.segments}
+        if None in roots or layout.woven is not None:
+            self.block(layout, node, f"{what} over a fixed stretch or shuffled units, which cannot grow alike")
             return False
         self.restrict(layout, node, Family.UNIFORM,
                       f"{what} over these units, exact only when every unit is copied equally often")
+        if len(roots) > 1:  # several groups: tied, one factor for all
+            for root in roots:
+                rules = self._cells.setdefault(root, [])
+                if Shared(canonical) not in rules:
+                    rules.append(Shared(canonical))
         return True
 
     def family(self, root: int) -> Family:

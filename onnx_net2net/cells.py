@@ -10,6 +10,7 @@ copy falls in its source's chunk. `Cells` records such a read; `classes` labels 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from fractions import Fraction
 
 import numpy as np
 
@@ -69,6 +70,24 @@ class Woven:
         return weave.unit_labels(self.tree, root, units, base)
 
 
+@dataclass(frozen=True)
+class Shared:
+    """Units of several groups normalized together (EdgeNeXt's LayerNorm over channel parts
+    split apart and concatenated back): mean and variance stay only when every group is
+    copied uniformly by one integer factor. All units are one class."""
+
+    layout: Layout
+
+    def labels(self, root: int, units: dict[int, int], base: dict[int, int]) -> np.ndarray | None:
+        return np.zeros(units[root], np.int64)
+
+    def problem(self, before: dict[int, int], after: dict[int, int]) -> str | None:
+        factors = {Fraction(after[r], before[r]) for r in self.layout.spaces if r in before}
+        if len(factors) > 1:
+            return "is normalized together with other groups: widen them all by one integer factor"
+        return None
+
+
 def classes(root: int, before: dict[int, int], after: dict[int, int], partitions: int,
             cells: tuple) -> tuple[np.ndarray, np.ndarray] | None:
     """Each of `root`'s units' class before and after (before[r], after[r]: units of every
@@ -96,6 +115,10 @@ def problem(root: int, before: dict[int, int], after: dict[int, int], partitions
             cells: tuple, uniform: bool) -> str | None:
     """Why no mapping of `root` from before[root] to after[root] units keeps every copy in its
     source's class, the other spaces having the widths `after` gives; None if one does."""
+    for rule in cells:
+        why = rule.problem(before, after) if isinstance(rule, Shared) else None
+        if why:
+            return why
     found = classes(root, before, after, partitions, cells)
     if found is None:
         return "does not divide into the groups of the grouped convolutions or shuffles reading these channels"

@@ -13,7 +13,7 @@ from . import graph as G
 from . import size_reads
 from .analysis import Analysis, Group, Producer
 from . import weave
-from .cells import Cells, Woven
+from .cells import Cells, Shared, Woven
 from .rules import PRODUCER_OPS, rule_for
 
 
@@ -87,13 +87,18 @@ def _close_groups(analysis: Analysis) -> None:
 
 
 def _cells_of(analysis: Analysis, root: int) -> tuple[Cells, ...]:
-    """The grouped convolutions reading the group's units off their chunks, over group roots."""
+    """The grouped convolutions reading the group's units off their chunks, and the norms
+    reading them with other groups', over group roots."""
     rules = []
     for rule in analysis.cells(root):
         if isinstance(rule, Woven):
             tree = weave.mapped(rule.tree, analysis.find)
             if any(leaf.space == root for leaf in weave.leaves(tree)):
                 rules.append(Woven(tree))
+        elif isinstance(rule, Shared):
+            layout = analysis.canonical(rule.layout)
+            if root in layout.spaces:
+                rules.append(Shared(layout))
         else:
             layout = analysis.canonical(rule.layout)
             if root in layout.spaces:
@@ -102,7 +107,7 @@ def _cells_of(analysis: Analysis, root: int) -> tuple[Cells, ...]:
 
 
 def _tie(analysis: Analysis) -> None:
-    """Groups whose widths a grouped convolution or a shuffle reads together, transitively:
+    """Groups whose widths a grouped convolution, a shuffle or a norm reads together, transitively:
     `--all` widens them by one factor, and a target should name them all."""
     ids = {g.root: g.id for g in analysis.groups}
     parent = {root: root for root in ids}

@@ -47,7 +47,7 @@ def format_groups(inspection) -> str:
     tied = {tuple(sorted([g["id"], *g["tied"]], key=lambda i: int(i[1:]))): None
             for g in groups if g["widenable"] and g.get("tied")}
     if tied:
-        text += ("\nread together by grouped convolutions or shuffles, so widened by one factor together: "
+        text += ("\nread together by grouped convolutions, shuffles or norms, so widened by one factor together: "
                  + "; ".join(", ".join(ids) for ids in tied))
     if inspection.deepen:
         points = [[p["target"], p["op"], p["activation"] or "-", "yes" if p["exact"] else "residual only",

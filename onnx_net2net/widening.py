@@ -117,7 +117,7 @@ def _settle_cells(analysis: Analysis, chosen: dict[int, Widening]) -> None:
             group, why = failing[0]
             names = ", ".join(f"'{t}'" for w in chosen.values() for t in w.targets if t != "all") or "--all"
             raise Net2NetError(f"{names}: at the widths asked for, {group.id} (width {after[group.root] * group.grain}) "
-                               f"{why}; choose widths that keep each group's channels in their conv groups, "
+                               f"{why}; choose widths that keep every such group exact, "
                                "e.g. one integer factor for all (--all x2)")
         for group, why in failing:
             if group.root in dropped:

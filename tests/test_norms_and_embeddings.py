@@ -430,3 +430,26 @@ def test_group_norm_of_one_group_as_torch_writes_it_widens_uniformly(batch):
     widen_checked(model, {"w1": "x3"})
     with pytest.raises(n2n.Net2NetError, match="integer factor"):
         n2n.widen(model, {"w1": "x1.5"}, verify=False)
+
+
+def test_a_norm_over_two_groups_ties_them_to_one_factor():
+    """EdgeNeXt's LayerNorm over channel parts concatenated back: both groups keep mean and
+    variance only when copied uniformly by the same integer factor."""
+    model = build(HEAD + """
+    g (float[1, 3, 4, 4] x) => (float[1, 2, 4, 4] y) {
+        a = Conv(x, Wa)
+        b = Conv(x, Wb)
+        c = Concat<axis=1>(a, b)
+        t = Transpose<perm=[0, 2, 3, 1]>(c)
+        n = LayerNormalization<axis=-1>(t, s, bias)
+        u = Transpose<perm=[0, 3, 1, 2]>(n)
+        y = Conv(u, Wc)
+    }""", {"Wa": (4, 3, 1, 1), "Wb": (2, 3, 1, 1), "s": (6,), "bias": (6,), "Wc": (2, 6, 1, 1)})
+    a, b = group_of(model, "Conv->a"), group_of(model, "Conv->b")
+    assert a["widenable"] and b["widenable"] and a["tied"] == [b["id"]] and b["tied"] == [a["id"]]
+    with pytest.raises(n2n.Net2NetError, match="normalized together with other groups"):
+        n2n.widen(model, {"Wa": "x2"}, verify=False)
+    with pytest.raises(n2n.Net2NetError, match="normalized together with other groups"):
+        n2n.widen(model, {"Wa": "x2", "Wb": "x3"}, verify=False)
+    widen_checked(model, {"Wa": "x2", "Wb": "x2"})
+    widen_checked(model, {}, widen_all="x3")
