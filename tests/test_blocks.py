@@ -402,6 +402,7 @@ EXPECTED = {"torch_resnet": (2, 1), "torch_mobilenetv2": (1, 1), "torch_efficien
             "torch_gated_mlp": (0, 0), "torch_convnext": (2, 2), "torch_ghostnet": (2, 2), "torch_mixer": (4, 4),
             "torch_shufflenet_v1": (1, 1), "torch_shufflenet_v2": (0, 0), "torch_shufflenet_v1_g3": (2, 2),
             "torch_shufflenet_v2_deep": (0, 0), "torch_timm_vit": (4, 4), "torch_swin": (2, 2), "torch_mixnet": (2, 2),
+            "torch_mha_vit": (2, 2),
             # Hugging Face tiny configs: pre-norm layers copy, BERT's post-norm layers are refused
             "hf_gpt2": (4, 4), "hf_gpt2_tied": (4, 4), "hf_llama": (4, 4), "hf_t5_encoder": (4, 4), "hf_vit": (4, 4),
             "hf_bert": (4, 0)}

@@ -2,7 +2,8 @@
 LLaMA, T5 encoder, ViT; tools/export_transformer_models.py) and CNNs with split, shuffled or
 normalized channels (GhostNet, ShuffleNet v1/v2, ConvNeXt, MLP-Mixer, MixNet) and vision
 transformers written as timm and torchvision write them (a stacked qkv taken apart by index,
-Swin's runtime pads, head size and query scale, patch merging; tools/export_torch_models.py),
+Swin's runtime pads, head size and query scale, patch merging, torch's nn.MultiheadAttention;
+tools/export_torch_models.py),
 each from both torch exporters.
 
 Per model, the groups found, widenable, and widenable by kind are pinned (legacy and dynamo
@@ -25,7 +26,7 @@ from test_exported_models import EXPECTED, pinned_as
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
 CNNS = ["ghostnet", "shufflenet_v1", "shufflenet_v2", "shufflenet_v1_g3", "shufflenet_v2_deep", "convnext", "mixer",
-        "timm_vit", "swin", "mixnet"]
+        "timm_vit", "swin", "mixnet", "mha_vit"]
 NEW = sorted([p.stem for p in MODELS.glob("hf_*.onnx")]
              + [f"torch_{name}{suffix}" for name in CNNS for suffix in ("", "_dynamo")])
 DIMS = {"batch": 2, "seq": 5}
@@ -50,6 +51,8 @@ PINNED = {  # groups, widenable, widenable per kind
     "torch_swin": (5, 4, {"hidden": 1, "heads": 1, "ffn": 2}),
     # 12 channels split 6/3/3, then 4/8: cut at 4, 6 and 9 into four parts
     "torch_mixnet": (5, 4, {"channels": 4}),
+    # nn.MultiheadAttention at batch 1: the stacked in_proj reached through unsqueeze/transpose/squeeze
+    "torch_mha_vit": (4, 3, {"hidden": 1, "heads": 1, "ffn": 1}),
 }
 
 

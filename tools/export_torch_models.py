@@ -663,6 +663,27 @@ class TimmViT(nn.Module):
         return self.head(self.norm(x).mean(dim=1))
 
 
+class TorchvisionViT(nn.Module):
+    """torchvision's ViT encoder block: nn.MultiheadAttention (one in_proj, `unflatten`,
+    `unsqueeze`, `transpose`, `squeeze`, then `proj[0], proj[1], proj[2]`), exported at batch 1
+    as torchvision's models usually are (heads then fold into that batch axis of 1)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Conv2d(3, 16, 4, stride=4)
+        self.ln_1, self.ln_2 = nn.LayerNorm(16), nn.LayerNorm(16)
+        self.attention = nn.MultiheadAttention(16, 2, batch_first=True)
+        self.mlp = nn.Sequential(nn.Linear(16, 32), nn.GELU(), nn.Linear(32, 16))
+        self.head = nn.Linear(16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.embed(x).flatten(2).transpose(1, 2)
+        y = self.ln_1(x)
+        x = x + self.attention(y, y, y, need_weights=False)[0]
+        x = x + self.mlp(self.ln_2(x))
+        return self.head(x.mean(dim=1))
+
+
 class SwinStage(nn.Module):
     """torchvision Swin's pieces: channels-last windows padded to a multiple of the window with
     pads computed from the input's shape, indexed qkv, then patch merging (four strided views
@@ -746,6 +767,7 @@ MODELS: dict[str, tuple[type[nn.Module], tuple[int, ...], dict[int, str]]] = {
     "timm_vit": (TimmViT, (2, 3, 16, 16), {0: "batch"}),
     "swin": (SwinStage, (2, 3, 12, 12), {0: "batch"}),
     "mixnet": (MixNet, (2, 3, 16, 16), {0: "batch"}),
+    "mha_vit": (TorchvisionViT, (1, 3, 16, 16), {}),
 }
 
 # Also written as the dynamo exporter's raw output (optimize=False, `torch_<name>_noopt_dynamo.onnx`):
@@ -799,7 +821,7 @@ def export_legacy(name: str, path: Path, keep_bn: bool = True) -> None:
         torch.onnx.export(
             model, (x,), str(path), dynamo=False, opset_version=OPSET,
             input_names=["x"], output_names=["y"],
-            dynamic_axes={"x": axes, "y": {0: "batch"}},
+            dynamic_axes={"x": axes, "y": {0: "batch"} if 0 in axes else {}},
             training=training, do_constant_folding=True,
         )
 

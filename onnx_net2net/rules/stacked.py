@@ -20,15 +20,15 @@ def stacked_parts(analysis: Analysis, node: gs.Node, x: Layout, in_dims: list[Di
     """The pattern at its Reshape (`split_axis`: the Reshape rule's `[.., H*D] -> [.., H, D]`
     reader, applied to one part). None: not this pattern, nothing recorded."""
     a, extra = x.axis, len(out) - x.rank
-    if x.woven is not None or x.outer != 1 or any(s.block != 1 or s.interleave != 1 for s in x.segments) or extra < 1 or not out[a].known or out[a].coef < 2 \
-            or x.size % out[a].coef or product(out[:a]) != product(in_dims[:a]) \
+    if x.woven is not None or x.outer != 1 or any(s.block != 1 or s.interleave != 1 for s in x.segments) \
+            or extra < 1 or not out[a].known or out[a].coef < 2 or x.size % out[a].coef or product(out[:a]) != product(in_dims[:a]) \
             or product(out[a + 1:a + 1 + extra]) != Dim(x.size // out[a].coef):
         return None
     count, width = out[a].coef, x.size // out[a].coef
     selects = _selects(analysis, node.outputs[0], a, count)
     if selects is None:
         return None
-    perm, taken = selects
+    where, rank, taken = selects
     part_dims = in_dims[:a] + [Dim(width)] + in_dims[a + 1:]
     part_out = out[:a] + out[a + 1:]
     if extra == 1:
@@ -39,6 +39,9 @@ def stacked_parts(analysis: Analysis, node: gs.Node, x: Layout, in_dims: list[Di
             return None
         unit_axis, segment = found
     stacked_axis = unit_axis + 1  # in the Reshape's output, where the stack axis sits before it
+    axis = where(stacked_axis)
+    if axis is None:
+        return None
     loose = [i for i in range(a, a + extra + 1) if i != stacked_axis and not _fixed(entries[i])]
     if len(loose) > 1 or loose and (loose[0] == a or not inferred_entry(analysis, node, 1, loose[0], entries)):
         analysis.block(x, node, "a stacked projection's part count or head size is computed at runtime")
@@ -71,11 +74,8 @@ def stacked_parts(analysis: Analysis, node: gs.Node, x: Layout, in_dims: list[Di
     elif entry != -1:
         analysis.block(x, node, "a stacked projection's unit count is computed at runtime")
         return [None]
-    after = perm.index(stacked_axis)
-    stack = perm.index(a)
     for index, tensor in taken:
-        axis = after - (stack < after)
-        analysis.layouts[tensor.name] = parts[index].moved(axis, len(out) - 1)
+        analysis.layouts[tensor.name] = parts[index].moved(axis, rank)
     return [None]
 
 
@@ -84,31 +84,62 @@ def _fixed(entry) -> bool:
 
 
 def _selects(analysis: Analysis, stacked: gs.Tensor, axis: int, count: int):
-    """(perm, [(part index, tensor holding it)]): every reader of the stacked tensor (after at
-    most one Transpose) takes one part out along the stack axis. None otherwise."""
+    """(where, [(part index, tensor holding it)]): every reader of the stacked tensor, after a
+    chain of Transpose, Unsqueeze and Squeeze (torch's `unflatten(-1, (3, E)).unsqueeze(0)
+    .transpose(0, -2).squeeze(-2)` in nn.MultiheadAttention), takes one part out along the
+    stack axis; `where(position)` says where an axis of the stacked tensor ends up once a
+    part is taken (None: squeezed away). None otherwise."""
     rank = G.rank(stacked)
     if rank is None or stacked in analysis.graph.outputs:
         return None
-    perm = list(range(rank))
-    readers = list(stacked.outputs)
-    if len(readers) == 1 and readers[0].op == "Transpose" and G.is_default_domain(readers[0]):
-        perm = list(G.attr(readers[0], "perm") or reversed(range(rank)))
-        stacked = readers[0].outputs[0]
-        if stacked in analysis.graph.outputs:
+    moves: list = []  # per step: the new position of each old one (None: removed)
+    while len(stacked.outputs) == 1 and stacked.outputs[0].op in ("Transpose", "Unsqueeze", "Squeeze") \
+            and G.is_default_domain(stacked.outputs[0]):
+        step = stacked.outputs[0]
+        out_rank = G.rank(step.outputs[0])
+        if out_rank is None or step.outputs[0] in analysis.graph.outputs:
             return None
-        readers = list(stacked.outputs)
-    where = perm.index(axis)
+        if step.op == "Transpose":
+            perm = list(G.attr(step, "perm") or reversed(range(rank)))
+            moves.append([perm.index(i) for i in range(rank)])
+        else:
+            axes = axes_input(step, "axes", 1)
+            if not axes:
+                return None
+            if step.op == "Unsqueeze":
+                inserted = set(normalize_axes(axes, out_rank))
+                moves.append([i for i in range(out_rank) if i not in inserted])
+            else:
+                gone = set(normalize_axes(axes, rank))
+                moves.append([None if i in gone else i - sum(g < i for g in gone) for i in range(rank)])
+        stacked, rank = step.outputs[0], out_rank
+
+    def moved(position: int) -> int | None:
+        for move in moves:
+            position = move[position]
+            if position is None:
+                return None
+        return position
+
+    stack = moved(axis)
+    if stack is None:
+        return None
     taken: list[tuple[int, gs.Tensor]] = []
-    for reader in readers:
+    for reader in stacked.outputs:
         if not G.is_default_domain(reader):
             return None
-        found = _taken(analysis, reader, stacked, where, rank, count)
+        found = _taken(analysis, reader, stacked, stack, rank, count)
         if found is None:
             return None
         taken += found
     if not taken or sorted({i for i, _ in taken}) != list(range(count)):
         return None
-    return perm, taken
+
+    def where(position: int) -> int | None:
+        end = moved(position)
+        return None if end is None or end == stack else end - (stack < end)
+
+    return where, rank - 1, taken
 
 
 def _taken(analysis: Analysis, reader: gs.Node, stacked: gs.Tensor, axis: int, rank: int, count: int):
