@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
-from onnx import helper
+from onnx import helper, numpy_helper
 from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter
 
 from . import graph as G
@@ -169,7 +169,8 @@ def activation_model(graph: gs.Graph, tail: Tail) -> onnx.ModelProto:
         constants.update((t.name, t) for t in node.inputs if G.is_constant(t))
         nodes.append(proto)
     dtype = helper.np_dtype_to_tensor_dtype(np.dtype(tail.activation_input.dtype or np.float32))
-    inits = [OnnxExporter.export_tensor_proto(t) for t in constants.values()]
+    # values, not references: a weight mapped from the model file would export as external data
+    inits = [numpy_helper.from_array(np.asarray(t.values), t.name) for t in constants.values()]
     body = helper.make_graph(nodes, "activation", [helper.make_tensor_value_info("x", dtype, None)],
                              [helper.make_tensor_value_info("y", dtype, None)], inits)
     return helper.make_model(body, opset_imports=[helper.make_opsetid("", G.opset(graph))])

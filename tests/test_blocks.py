@@ -655,3 +655,22 @@ def test_zoo_blocks(name):
                            "its skip path has a projection (Conv 'n148', BatchNormalization 'n149')"}
         result = checked(model, copy_block=["*"])
         assert len(result.inserted) == ZOO_BLOCKS[name][1]
+
+
+def test_a_block_tail_with_a_large_constant_is_checked_from_a_file(tmp_path):
+    """ResMLP's affine norm after the last residual (Mul by a per-channel alpha of 1 KiB or
+    more, Add beta) is the block's tail; read from a file, inline weights stay mapped, and
+    the tail's check runs on their values."""
+    model = build(HEAD + """
+    g (float[N, 5, 256] x) => (float[N, 5, 3] y) {
+        h = MatMul(x, w1)
+        a = Relu(h)
+        o = MatMul(a, w2)
+        r = Add(x, o)
+        s = Mul(alpha, r)
+        b = Add(beta, s)
+        y = MatMul(b, w3)
+    }""", {"w1": (256, 8), "w2": (8, 256), "alpha": (1, 1, 256), "beta": (1, 1, 256), "w3": (256, 3)})
+    path = tmp_path / "affine.onnx"
+    onnx.save(model, str(path))
+    assert len(n2n.inspect(path).blocks) == 1
