@@ -334,3 +334,44 @@ def test_channels_last_flatten_into_gemm(flatten):
     }}""", {"W1": (4, 3, 3, 3), "B1": (4,), "W2": (5, 36), "B2": (5,)})
     wide = widen_checked(model, {"W1": 7})
     assert initializer(wide, "W2").shape == (5, 63)
+
+
+def _einsum_attention(score: str = "bhid,bhjd->bhij") -> str:
+    """MaxViT-style attention written with Einsum: qkv projection split in three, heads of 2
+    on axis 1, scores and weighted sum as Einsum, heads merged, output projection."""
+    return HEAD.format(opset=17) + f"""
+    agraph (float[N, 4, 8] x) => (float[N, 4, 8] y) {{
+        qkv = MatMul(x, wqkv)
+        sizes = Constant<value=int64[3] {{8, 8, 8}}>()
+        q, k, v = Split<axis=2>(qkv, sizes)
+        heads = Constant<value=int64[4] {{0, 4, 4, 2}}>()
+        q4 = Reshape(q, heads)
+        k4 = Reshape(k, heads)
+        v4 = Reshape(v, heads)
+        qh = Transpose<perm=[0, 2, 1, 3]>(q4)
+        kh = Transpose<perm=[0, 2, 1, 3]>(k4)
+        vh = Transpose<perm=[0, 2, 1, 3]>(v4)
+        scores = Einsum<equation="{score}">(qh, kh)
+        p = Softmax<axis=-1>(scores)
+        o = Einsum<equation="bhij,bhjd->bhid">(p, vh)
+        ot = Transpose<perm=[0, 2, 1, 3]>(o)
+        merged_shape = Constant<value=int64[3] {{0, 4, 8}}>()
+        merged = Reshape(ot, merged_shape)
+        y = MatMul(merged, wo)
+    }}"""
+
+
+def test_einsum_attention_widens_whole_heads():
+    model = build(_einsum_attention(), {"wqkv": (8, 24), "wo": (8, 8)})
+    group = group_of(model, "MatMul->qkv")
+    assert group["widenable"] and group["kind"] == "heads", group
+    widen_checked(model, {"wqkv": "x2"})
+
+
+def test_einsum_contracting_the_units_blocks_naming_it():
+    """Scores summed over the heads ('bhid,bhjd->bij') mix them."""
+    model = build(_einsum_attention("bhid,bhjd->bij").replace(
+        'o = Einsum<equation="bhij,bhjd->bhid">(p, vh)', 'o = Einsum<equation="bij,bhjd->bhid">(p, vh)'),
+        {"wqkv": (8, 24), "wo": (8, 8)})
+    group = group_of(model, "MatMul->qkv")
+    assert not group["widenable"] and "Einsum 'bhid,bhjd->bij' contracts or mixes the units" in group["reason"]

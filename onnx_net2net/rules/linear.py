@@ -198,3 +198,38 @@ def _batched_matmul(analysis: Analysis, node: gs.Node, ins: list[Layout | None])
                            "axis is fixed")
             return None
     return base
+
+
+@register("Einsum")
+def einsum(analysis: Analysis, node: gs.Node, ins: list[Layout | None]) -> list[Layout | None]:
+    """Units on an index every operand holding it shares and the result keeps (the heads of
+    `bghid,bghjd->bghij`, torchvision MaxViT's attention) pass through, each operand's units
+    joined; contracting them, or any other reading, blocks."""
+    equation = str(G.attr(node, "equation", "")).replace(" ", "")
+    if "->" not in equation or "..." in equation:
+        analysis.block(ins, node, "Einsum without an explicit output, or with '...'")
+        return [None]
+    terms, result = equation.split("->")
+    terms = terms.split(",")
+    if len(terms) != len(node.inputs) or any(layout is not None and len(term) != layout.rank
+                                             for term, layout in zip(terms, ins)):
+        analysis.block(ins, node, f"Einsum '{equation}' does not match its operands")
+        return [None]
+    letters = {term[layout.axis] for term, layout in zip(terms, ins) if layout is not None}
+    if len(letters) != 1 or next(iter(letters)) not in result:
+        analysis.block(ins, node, f"Einsum '{equation}' contracts or mixes the units")
+        return [None]
+    letter = next(iter(letters))
+    if result.count(letter) != 1 or any(term.count(letter) > 1 for term in terms):
+        analysis.block(ins, node, f"Einsum '{equation}' takes a diagonal along the units")
+        return [None]
+    axis, rank = result.index(letter), len(result)
+    aligned = []
+    for tensor, term, layout in zip(node.inputs, terms, ins):
+        if layout is not None:
+            aligned.append(layout.moved(axis, rank))
+        elif letter in term and static_dim(tensor, term.index(letter)) != 1:
+            analysis.block(carried(ins), node, f"multiplies by {analysis.describe(tensor)}, whose size along "
+                           "the unit axis is fixed")
+            return [None]
+    return [analysis.join(aligned, node)]
