@@ -193,7 +193,7 @@ def test_ctrl_c_stops_cleanly_without_partial_files(tmp_path, whole_group):
         os.killpg(process.pid, signal.SIGINT)
     else:
         os.kill(process.pid, signal.SIGINT)
-    _, stderr = process.communicate(timeout=120)
+    _, stderr = process.communicate(timeout=300)
     assert process.returncode == 130, stderr
     assert "interrupted" in stderr and "Traceback" not in stderr and "KeyboardInterrupt" not in stderr
     written = sorted(out.iterdir()) if out.exists() else []

@@ -446,7 +446,7 @@ def test_ctrl_c_while_working_exits_130(tmp_path, command):
     process = start(command, model, "-o", tmp_path / "out" / "grown.onnx", *GROW[command])
     watch.wait(lambda name: True)  # the model is being read: imports are over, the work begins
     process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=120)
+    _, stderr = process.communicate(timeout=300)
     watch.close()
     scene.check(Outcome(process.returncode, stderr), 130, "interrupted by SIGINT", out="out")
     assert not (tmp_path / "out" / "grown.onnx").exists()
@@ -462,7 +462,7 @@ def test_sigterm_while_writing_leaves_no_temporary_file(tmp_path, command):
     process = start(command, model, "-o", out / "grown.onnx", *GROW[command])
     watch.wait(lambda name: name.startswith(".grown.onnx."))  # the output is being written
     process.send_signal(signal.SIGTERM)
-    _, stderr = process.communicate(timeout=120)
+    _, stderr = process.communicate(timeout=300)
     watch.close()
     scene.check(Outcome(process.returncode, stderr), 143, "interrupted by SIGTERM", out="out")
     written = list(out.iterdir())
@@ -531,7 +531,7 @@ def test_stopping_apply_stops_its_workers(tmp_path, kill):
     workers = _children(process.pid)
     assert len(workers) >= 2
     process.send_signal(kill)
-    _, stderr = process.communicate(timeout=90)  # also waits for the workers: they hold its stderr
+    _, stderr = process.communicate(timeout=300)  # also waits for the workers: they hold its stderr
     watch.close()
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and any(_alive(w) for w in workers):
