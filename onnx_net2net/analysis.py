@@ -365,7 +365,7 @@ class Analysis:
         one space's units appear several times (Swin's patch merging concatenates four strided
         views of one tensor); several spaces are tied to one factor; fixed stretches block."""
         canonical = self.canonical(layout)
-        roots = {s.space if s.space is not None else None for s in canonical.segments}
+        roots = {s.space for s in canonical.segments}
         if None in roots or layout.woven is not None:
             self.block(layout, node, f"{what} over a fixed stretch or shuffled units, which cannot grow alike")
             return False

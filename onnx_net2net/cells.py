@@ -116,8 +116,7 @@ def problem(root: int, before: dict[int, int], after: dict[int, int], partitions
     """Why no mapping of `root` from before[root] to after[root] units keeps every copy in its
     source's class, the other spaces having the widths `after` gives; None if one does."""
     for rule in cells:
-        why = rule.problem(before, after) if isinstance(rule, Shared) else None
-        if why:
+        if isinstance(rule, Shared) and (why := rule.problem(before, after)):
             return why
     found = classes(root, before, after, partitions, cells)
     if found is None:

@@ -7,13 +7,15 @@ inputs hold per-unit entries, which weights contract over units, and which space
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import onnx_graphsurgeon as gs
 
 from . import graph as G
 from . import size_reads
 from .analysis import Analysis, Group, Producer
 from . import weave
-from .cells import Cells, Shared, Woven
+from .cells import Cells, Woven
 from .rules import PRODUCER_OPS, rule_for
 
 
@@ -95,14 +97,10 @@ def _cells_of(analysis: Analysis, root: int) -> tuple[Cells, ...]:
             tree = weave.mapped(rule.tree, analysis.find)
             if any(leaf.space == root for leaf in weave.leaves(tree)):
                 rules.append(Woven(tree))
-        elif isinstance(rule, Shared):
+        else:  # Cells, Shared: a layout over group roots
             layout = analysis.canonical(rule.layout)
             if root in layout.spaces:
-                rules.append(Shared(layout))
-        else:
-            layout = analysis.canonical(rule.layout)
-            if root in layout.spaces:
-                rules.append(Cells(layout, rule.groups))
+                rules.append(replace(rule, layout=layout))
     return tuple(dict.fromkeys(rules))
 
 

@@ -322,6 +322,11 @@ def inferred_entry(analysis: Analysis, reader: gs.Node, slot: int, index: int, e
     return True
 
 
+def is_fixed(entry) -> bool:
+    """A shape entry that keeps its value whatever the widths: a literal, -1, or a static size."""
+    return isinstance(entry, int) or isinstance(entry, Dim) and entry.known and entry.source is None
+
+
 def normalize_axes(axes, rank: int) -> list[int]:
     return sorted(int(a) + rank if int(a) < 0 else int(a) for a in axes)
 

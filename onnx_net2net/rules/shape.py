@@ -129,14 +129,19 @@ def reshape(analysis: Analysis, node: gs.Node, ins: list[Layout | None]) -> list
     elif entry == 0 and (v != x.axis or merged != 1 or leading != 1 or split is not None):
         analysis.block(x, node, "copies a dim (0) that does not follow the unit axis")
         return [None]
-    elif (entry is None or isinstance(entry, Dim) and not (follows(analysis, entry, layout, 1) if split is not None
-                                                           else follows(analysis, entry, x, merged))) \
+    elif (entry is None or isinstance(entry, Dim) and not _follows_units(analysis, entry, x, layout, split, merged)) \
             and not inferred_entry(analysis, node, 1, v, entries):
         analysis.block(x, node, "the unit axis's size comes from a runtime shape that does not follow the units")
         return [None]
     if split is not None and segment.per != x.segments[0].per:
         analysis.coarsen(segment.space, segment.per)
     return [layout]
+
+
+def _follows_units(analysis: Analysis, entry: Dim, x: Layout, layout: Layout, split, merged: int) -> bool:
+    """A runtime size for the unit axis read off a tensor holding the same units: the input's
+    (times the dims merged in), or, when the axis is split, the result's."""
+    return follows(analysis, entry, layout, 1) if split is not None else follows(analysis, entry, x, merged)
 
 
 def _split_axis(in_dims: list[Dim], out: list[Dim], x: Layout) -> tuple[int, Segment] | None:

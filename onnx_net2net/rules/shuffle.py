@@ -10,7 +10,7 @@ import onnx_graphsurgeon as gs
 from .. import graph as G
 from ..analysis import Analysis
 from ..layout import Layout
-from .dims import Dim, product, shape_entries, size_entry, target_dims
+from .dims import Dim, is_fixed, product, shape_entries, size_entry, target_dims
 
 
 def channel_shuffle(analysis: Analysis, node: gs.Node, x: Layout, in_dims: list[Dim], entries: list,
@@ -66,8 +66,7 @@ def only_consumers(analysis: Analysis, tensor: gs.Tensor, steps: int) -> list[gs
 
 def fixed_entry(analysis: Analysis, node: gs.Node, entries: list, index: int, x: Layout) -> bool:
     """A shape entry that must keep its value (a shuffle's group count): a literal or -1."""
-    entry = entries[index]
-    if isinstance(entry, int) or isinstance(entry, Dim) and entry.known and entry.source is None:
+    if is_fixed(entries[index]):
         return True
     analysis.block(x, node, "a channel shuffle's group count is computed at runtime")
     return False

@@ -6,12 +6,14 @@ the tensors that select them, and the stacked intermediates carry none."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import onnx_graphsurgeon as gs
 
 from .. import graph as G
 from ..analysis import Analysis
 from ..layout import Layout
-from .dims import Dim, axes_input, entry_origin, inferred_entry, normalize_axes, product
+from .dims import Dim, axes_input, entry_origin, inferred_entry, is_fixed, normalize_axes, product
 from .shuffle import only_consumers
 
 
@@ -42,7 +44,7 @@ def stacked_parts(analysis: Analysis, node: gs.Node, x: Layout, in_dims: list[Di
     axis = where(stacked_axis)
     if axis is None:
         return None
-    loose = [i for i in range(a, a + extra + 1) if i != stacked_axis and not _fixed(entries[i])]
+    loose = [i for i in range(a, a + extra + 1) if i != stacked_axis and not is_fixed(entries[i])]
     if len(loose) > 1 or loose and (loose[0] == a or not inferred_entry(analysis, node, 1, loose[0], entries)):
         analysis.block(x, node, "a stacked projection's part count or head size is computed at runtime")
         return [None]
@@ -52,9 +54,8 @@ def stacked_parts(analysis: Analysis, node: gs.Node, x: Layout, in_dims: list[Di
     if parts is None:
         return [None]
     if segment is not None:
-        per = segment.per
-        parts = [Layout(stacked_axis, len(out), tuple(
-            type(s)(s.space, s.units, s.block, per * s.per, s.interleave) for s in p.segments)) for p in parts]
+        parts = [Layout(stacked_axis, len(out), tuple(replace(s, per=segment.per * s.per) for s in p.segments))
+                 for p in parts]
         for part in parts:
             for s in part.segments:
                 analysis.coarsen(s.space, s.per)
@@ -77,10 +78,6 @@ def stacked_parts(analysis: Analysis, node: gs.Node, x: Layout, in_dims: list[Di
     for index, tensor in taken:
         analysis.layouts[tensor.name] = parts[index].moved(axis, rank)
     return [None]
-
-
-def _fixed(entry) -> bool:
-    return isinstance(entry, int) or isinstance(entry, Dim) and entry.known and entry.source is None
 
 
 def _selects(analysis: Analysis, stacked: gs.Tensor, axis: int, count: int):
@@ -159,7 +156,7 @@ def _taken(analysis: Analysis, reader: gs.Node, stacked: gs.Tensor, axis: int, r
             else G.attr(reader, "split")
         if sizes is not None and [int(s) for s in list(sizes)] != [1] * count:
             return None
-        pieces = [(i, t) for i, t in enumerate(reader.outputs)]
+        pieces = list(enumerate(reader.outputs))
     elif reader.op == "Slice" and G.opset(analysis.graph) >= 10:
         bounds = [G.constant(reader.inputs[slot]) if len(reader.inputs) > slot and not G.is_empty(reader.inputs[slot])
                   else None for slot in range(1, 5)]
